@@ -1,0 +1,22 @@
+//! Pure SPICE protocol code: link-stage parsing and encoding, capability
+//! filtering, ticket crypto and data-stage message framing. No I/O, async
+//! runtime, database or configuration: callers feed byte buffers and get
+//! values, `Incomplete` (read more) or `Invalid` (reject) back. Sockets,
+//! TLS, routing and policy live in the proxy.
+
+pub mod caps;
+pub mod consts;
+pub mod error;
+pub mod link;
+mod wire;
+
+#[cfg(test)]
+mod golden;
+
+pub use caps::Caps;
+pub use consts::{ChannelType, LinkError};
+pub use error::SpiceError;
+pub use link::{
+    LinkMessage, LinkReply, encode_auth_mechanism, encode_link_error, encode_link_result,
+    parse_auth_mechanism, parse_link_message, parse_link_reply, parse_link_result,
+};
