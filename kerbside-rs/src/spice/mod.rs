@@ -8,6 +8,7 @@ pub mod caps;
 pub mod consts;
 pub mod error;
 pub mod link;
+pub mod ticket;
 mod wire;
 
 #[cfg(test)]
@@ -20,3 +21,4 @@ pub use link::{
     LinkMessage, LinkReply, encode_auth_mechanism, encode_link_error, encode_link_result,
     parse_auth_mechanism, parse_link_message, parse_link_reply, parse_link_result,
 };
+pub use ticket::{Ticket, TicketKey, encrypt_ticket};
