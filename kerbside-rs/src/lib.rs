@@ -2,9 +2,30 @@
 //!
 //! Modules in data-flow order:
 //! - [`config`]: oslo-style INI configuration, typed and validated.
+//! - [`telemetry`]: logging setup.
+//! - [`shutdown`]: orderly, bounded shutdown shared by every component.
 //! - [`tlsutil`]: PEM files, host subjects, generated TLS material.
+//! - [`token`]: console tokens (generation, hashing); pure.
+//! - [`db`]: the database (MariaDB/MySQL or SQLite via Diesel): pool, migrations, models. The
+//!   one source of truth shared by every component and node.
+//! - [`sources`]: static consoles from a Kerbside-compatible `sources.yaml`.
+//! - [`vv`]: virt-viewer `.vv` files.
 //! - [`spice`]: pure SPICE protocol code (link stage, capabilities, tickets, message framing).
+//! - [`metrics`]: Prometheus metrics and their endpoint.
+//! - [`proxy`]: the SPICE proxy.
+//! - [`service`]: starting and stopping the components.
+//! - [`cli`]: the command lines of `kerbside` and `kerbside-manage`.
 
+pub mod cli;
 pub mod config;
+pub mod db;
+pub mod metrics;
+pub mod proxy;
+pub mod service;
+pub mod shutdown;
+pub mod sources;
 pub mod spice;
+pub mod telemetry;
 pub mod tlsutil;
+pub mod token;
+pub mod vv;
