@@ -16,9 +16,11 @@
 //! - [`service`]: starting and stopping the components.
 //! - [`cli`]: the command lines of `kerbside` and `kerbside-manage`.
 
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod manage;
 pub mod metrics;
 pub mod proxy;
 pub mod service;

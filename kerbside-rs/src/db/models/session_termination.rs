@@ -113,6 +113,21 @@ pub fn pending_terminations_for_node(
         .load(conn)?)
 }
 
+/// Every unhandled termination request of a live session, on any node: a node holding only
+/// some channels of a session (its main channel is elsewhere) must close them too.
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn pending_terminations(conn: &mut DbConnection) -> DbResult<Vec<SessionTermination>> {
+    Ok(session_terminations::table
+        .inner_join(sessions::table)
+        .filter(sessions::ended_at.is_null())
+        .filter(session_terminations::handled_at.is_null())
+        .select(SessionTermination::as_select())
+        .order(session_terminations::id.asc())
+        .load(conn)?)
+}
+
 /// Mark request `id` handled by `node`. Returns `false` if it was already handled.
 ///
 /// # Errors
