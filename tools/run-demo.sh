@@ -54,7 +54,7 @@ metrics_port=$(pick_port 13003)
 qemu_port=$(free_port)
 
 # The hypervisor's SPICE ticket: only kerbside knows it; users get kerbside tokens.
-ticket=$(tr -dc 'A-Za-z0-9' </dev/urandom | head -c 32)
+ticket=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 (umask 077; printf '%s' "$ticket" >"$state/qemu-ticket")
 
 cat >"$state/sources.yaml" <<YAML

@@ -63,7 +63,10 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
             }
         }
         (None, true) => builder.json().flatten_event(true).with_writer(std::io::stderr).try_init(),
-        (None, false) => builder.with_writer(std::io::stderr).try_init(),
+        (None, false) => {
+            use std::io::IsTerminal;
+            builder.with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).try_init()
+        }
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))
 }
