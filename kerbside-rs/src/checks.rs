@@ -18,7 +18,10 @@ pub fn deep_check(config: &Config) -> Vec<ConfigProblem> {
             problem("proxy", "cert_file", e);
         }
     }
-    for (option, path) in [("ca_file", &p.ca_file), ("hypervisor_ca_file", &p.hypervisor_ca_file)] {
+    for (option, path) in [
+        ("ca_file", &p.ca_file),
+        ("hypervisor_ca_file", &p.hypervisor_ca_file),
+    ] {
         if let Some(path) = path {
             if let Err(e) = crate::tlsutil::load_certs(path) {
                 problem("proxy", option, e);
@@ -31,13 +34,25 @@ pub fn deep_check(config: &Config) -> Vec<ConfigProblem> {
                 Ok(sources) => {
                     for source in sources {
                         if let Err(e) = source.consoles {
-                            problem("console", "sources_file", format!("{}: source '{}': {e}", path.display(), source.name));
+                            problem(
+                                "console",
+                                "sources_file",
+                                format!("{}: source '{}': {e}", path.display(), source.name),
+                            );
                         }
                     }
                 }
-                Err(e) => problem("console", "sources_file", format!("{}: {e}", path.display())),
+                Err(e) => problem(
+                    "console",
+                    "sources_file",
+                    format!("{}: {e}", path.display()),
+                ),
             },
-            Err(e) => problem("console", "sources_file", format!("cannot read {}: {e}", path.display())),
+            Err(e) => problem(
+                "console",
+                "sources_file",
+                format!("cannot read {}: {e}", path.display()),
+            ),
         }
     }
     problems

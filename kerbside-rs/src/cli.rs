@@ -22,7 +22,10 @@ pub struct ConfigArgs {
 impl ConfigArgs {
     /// The files and directories to read.
     pub fn sources(&self) -> ConfigSources {
-        ConfigSources { files: self.config_file.clone(), dirs: self.config_dir.clone() }
+        ConfigSources {
+            files: self.config_file.clone(),
+            dirs: self.config_dir.clone(),
+        }
     }
 }
 
@@ -39,7 +42,11 @@ pub enum Component {
 
 /// `kerbside`: the console proxy service.
 #[derive(Parser, Debug)]
-#[command(name = "kerbside", version, about = "SPICE console proxy for OpenStack")]
+#[command(
+    name = "kerbside",
+    version,
+    about = "SPICE console proxy for OpenStack"
+)]
 pub struct ServiceArgs {
     /// Configuration sources.
     #[command(flatten)]
@@ -51,7 +58,11 @@ pub struct ServiceArgs {
 
 /// `kerbside-manage`: operator commands.
 #[derive(Parser, Debug)]
-#[command(name = "kerbside-manage", version, about = "Manage a kerbside deployment")]
+#[command(
+    name = "kerbside-manage",
+    version,
+    about = "Manage a kerbside deployment"
+)]
 pub struct ManageArgs {
     /// Configuration sources.
     #[command(flatten)]
@@ -198,7 +209,10 @@ pub fn run_service(args: ServiceArgs) -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -223,9 +237,16 @@ pub fn run_manage(args: ManageArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     // Operator commands print results on stdout; only problems are logged.
-    let _ = crate::telemetry::init(&crate::telemetry::LogSettings { debug: loaded.config.default.debug, json: false, file: None })
-        .map_err(|e| eprintln!("{e}"));
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let _ = crate::telemetry::init(&crate::telemetry::LogSettings {
+        debug: loaded.config.default.debug,
+        json: false,
+        file: None,
+    })
+    .map_err(|e| eprintln!("{e}"));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

@@ -17,9 +17,12 @@ pub async fn run(config: Config, command: ManageCommand) -> Result<(), String> {
         ManageCommand::Db(DbCommand::Sync) => db_sync(&config).await,
         ManageCommand::Db(DbCommand::Version) => db_version(&config).await,
         ManageCommand::Config(_) => Err("config commands run without a database".to_owned()),
-        ManageCommand::Token(TokenCommand::Create { source, console, ttl, vv }) => {
-            token_create(&config, &source, &console, ttl, vv.as_deref()).await
-        }
+        ManageCommand::Token(TokenCommand::Create {
+            source,
+            console,
+            ttl,
+            vv,
+        }) => token_create(&config, &source, &console, ttl, vv.as_deref()).await,
         ManageCommand::Session(SessionCommand::List { all }) => session_list(&config, all).await,
         ManageCommand::Session(SessionCommand::Terminate { session_id, reason }) => {
             session_terminate(&config, &session_id, &reason).await
@@ -31,10 +34,14 @@ async fn connect(config: &Config) -> Result<Db, String> {
     let url = DbUrl::parse(config.database.connection.expose()).map_err(|e| e.to_string())?;
     if let DbUrl::Sqlite { path } = &url {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
     }
-    let opts = PoolOptions { max_size: 2, connect_timeout: Duration::from_secs(config.database.pool_timeout.min(30)) };
+    let opts = PoolOptions {
+        max_size: 2,
+        connect_timeout: Duration::from_secs(config.database.pool_timeout.min(30)),
+    };
     Db::connect(&url, &opts).map_err(|e| e.to_string())
 }
 
@@ -55,12 +62,21 @@ async fn db_sync(config: &Config) -> Result<(), String> {
 async fn db_version(config: &Config) -> Result<(), String> {
     let db = connect(config).await?;
     let version = db.version().await.map_err(|e| e.to_string())?;
-    let pending = db.run(|conn| conn.pending_migrations()).await.map_err(|e| e.to_string())?;
-    println!("schema version: {}", version.as_deref().unwrap_or("none (empty database)"));
+    let pending = db
+        .run(|conn| conn.pending_migrations())
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "schema version: {}",
+        version.as_deref().unwrap_or("none (empty database)")
+    );
     if pending.is_empty() {
         println!("pending migrations: none");
     } else {
-        println!("pending migrations: {} (run `kerbside-manage db sync`)", pending.join(", "));
+        println!(
+            "pending migrations: {} (run `kerbside-manage db sync`)",
+            pending.join(", ")
+        );
     }
     Ok(())
 }
@@ -89,18 +105,33 @@ async fn token_create(
     if ttl.is_zero() {
         return Err("--ttl must be at least 1 second".to_owned());
     }
-    let identity = if vv.is_some() { Some(crate::service::proxy_identity(config)?) } else { None };
+    let identity = if vv.is_some() {
+        Some(crate::service::proxy_identity(config)?)
+    } else {
+        None
+    };
     let token = crate::token::generate_token();
     let hash = {
         use secrecy::ExposeSecret;
         crate::token::hash_token(token.expose_secret())
     };
-    let (source_name, uuid, node) = (source.to_owned(), console_uuid.to_lowercase(), config.node_name());
+    let (source_name, uuid, node) = (
+        source.to_owned(),
+        console_uuid.to_lowercase(),
+        config.node_name(),
+    );
     let (console, row) = db
         .run(move |conn| {
             let console = models::get_console_by_source_name(conn, &source_name, &uuid)?;
             let row = models::insert_token(conn, console.id, &hash, ttl)?;
-            let mut event = NewAuditEvent::new(node, "token.created", format!("token created by kerbside-manage, expires {}", row.expires_at));
+            let mut event = NewAuditEvent::new(
+                node,
+                "token.created",
+                format!(
+                    "token created by kerbside-manage, expires {}",
+                    row.expires_at
+                ),
+            );
             event.console_id = Some(console.id);
             models::record_event(conn, &event)?;
             Ok((console, row))
@@ -121,7 +152,11 @@ async fn token_create(
         }
         .render();
         write_private(path, &text)?;
-        eprintln!("wrote {} (valid until {} UTC)", path.display(), row.expires_at.format("%Y-%m-%d %H:%M:%S"));
+        eprintln!(
+            "wrote {} (valid until {} UTC)",
+            path.display(),
+            row.expires_at.format("%Y-%m-%d %H:%M:%S")
+        );
     }
     Ok(())
 }
@@ -137,15 +172,27 @@ fn write_private(path: &std::path::Path, text: &str) -> Result<(), String> {
         .mode(0o600)
         .open(path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    f.write_all(text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 async fn session_list(config: &Config, all: bool) -> Result<(), String> {
     let db = ready_db(config).await?;
-    let sessions = db.run(move |conn| models::list_sessions(conn, !all)).await.map_err(|e| e.to_string())?;
+    let sessions = db
+        .run(move |conn| models::list_sessions(conn, !all))
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = format!(
         "{:<36}  {:>8}  {:<15}  {:<12}  {:<19}  {:<19}  {:>12}  {:>12}  {}\n",
-        "SESSION", "CONSOLE", "CLIENT", "NODE", "CREATED", "ENDED", "TO CLIENT", "TO SERVER", "END REASON"
+        "SESSION",
+        "CONSOLE",
+        "CLIENT",
+        "NODE",
+        "CREATED",
+        "ENDED",
+        "TO CLIENT",
+        "TO SERVER",
+        "END REASON"
     );
     for s in &sessions {
         let _ = writeln!(
@@ -156,7 +203,9 @@ async fn session_list(config: &Config, all: bool) -> Result<(), String> {
             s.client_address,
             s.node,
             s.created_at.format("%Y-%m-%d %H:%M:%S"),
-            s.ended_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_else(|| "live".to_owned()),
+            s.ended_at
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_else(|| "live".to_owned()),
             s.bytes_to_client,
             s.bytes_to_server,
             s.end_reason.as_deref().unwrap_or("")

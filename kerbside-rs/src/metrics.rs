@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::spice::ChannelType;
@@ -40,7 +41,12 @@ pub struct ProxyMetrics {
     pub terminations: IntCounter,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
     registry.register(Box::new(metric.clone()))?;
     Ok(metric)
@@ -53,27 +59,59 @@ impl Metrics {
     /// Only on a programming error (duplicate metric names).
     pub fn new() -> prometheus::Result<Arc<Metrics>> {
         let registry = Registry::new_custom(Some("kerbside".to_owned()), None)?;
-        let sessions_active = IntGauge::new("proxy_sessions_active", "Live SPICE sessions on this node")?;
+        let sessions_active =
+            IntGauge::new("proxy_sessions_active", "Live SPICE sessions on this node")?;
         registry.register(Box::new(sessions_active.clone()))?;
         let channels_active = IntGaugeVec::new(
-            Opts::new("proxy_channels_active", "Live SPICE channels on this node by channel type"),
+            Opts::new(
+                "proxy_channels_active",
+                "Live SPICE channels on this node by channel type",
+            ),
             &["channel"],
         )?;
         registry.register(Box::new(channels_active.clone()))?;
         let handshake_seconds = Histogram::with_opts(
-            HistogramOpts::new("proxy_handshake_seconds", "Time from TCP accept to the client's link result")
-                .buckets(vec![0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]),
+            HistogramOpts::new(
+                "proxy_handshake_seconds",
+                "Time from TCP accept to the client's link result",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+            ]),
         )?;
         registry.register(Box::new(handshake_seconds.clone()))?;
-        let terminations = IntCounter::new("proxy_terminations_total", "Sessions ended by a termination request")?;
+        let terminations = IntCounter::new(
+            "proxy_terminations_total",
+            "Sessions ended by a termination request",
+        )?;
         registry.register(Box::new(terminations.clone()))?;
         let proxy = ProxyMetrics {
-            connections: counter_vec(&registry, "proxy_connections_total", "Accepted client connections by listener", &["listener"])?,
-            link_failures: counter_vec(&registry, "proxy_link_failures_total", "Failed link stages by reason", &["reason"])?,
-            auth: counter_vec(&registry, "proxy_auth_total", "Authorization results", &["result", "reason"])?,
+            connections: counter_vec(
+                &registry,
+                "proxy_connections_total",
+                "Accepted client connections by listener",
+                &["listener"],
+            )?,
+            link_failures: counter_vec(
+                &registry,
+                "proxy_link_failures_total",
+                "Failed link stages by reason",
+                &["reason"],
+            )?,
+            auth: counter_vec(
+                &registry,
+                "proxy_auth_total",
+                "Authorization results",
+                &["result", "reason"],
+            )?,
             sessions_active,
             channels_active,
-            bytes: counter_vec(&registry, "proxy_bytes_total", "Bytes relayed by direction and channel type", &["direction", "channel"])?,
+            bytes: counter_vec(
+                &registry,
+                "proxy_bytes_total",
+                "Bytes relayed by direction and channel type",
+                &["direction", "channel"],
+            )?,
             handshake_seconds,
             terminations,
         };
@@ -108,18 +146,23 @@ impl ProxyMetrics {
     pub fn byte_counters(&self, channel: ChannelType) -> (IntCounter, IntCounter) {
         (
             self.bytes.with_label_values(&["to_client", channel.name()]),
-            self.bytes.with_label_values(&["to_hypervisor", channel.name()]),
+            self.bytes
+                .with_label_values(&["to_hypervisor", channel.name()]),
         )
     }
 
     /// A channel started relaying.
     pub fn channel_opened(&self, channel: ChannelType) {
-        self.channels_active.with_label_values(&[channel.name()]).inc();
+        self.channels_active
+            .with_label_values(&[channel.name()])
+            .inc();
     }
 
     /// A channel ended.
     pub fn channel_closed(&self, channel: ChannelType) {
-        self.channels_active.with_label_values(&[channel.name()]).dec();
+        self.channels_active
+            .with_label_values(&[channel.name()])
+            .dec();
     }
 }
 
@@ -127,7 +170,10 @@ impl ProxyMetrics {
 ///
 /// # Errors
 /// When the address cannot be bound.
-pub fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> std::io::Result<(actix_web::dev::Server, Vec<SocketAddr>)> {
+pub fn serve(
+    metrics: Arc<Metrics>,
+    addr: SocketAddr,
+) -> std::io::Result<(actix_web::dev::Server, Vec<SocketAddr>)> {
     use actix_web::{App, HttpResponse, HttpServer, web};
     let server = HttpServer::new(move || {
         let metrics = metrics.clone();
@@ -135,7 +181,11 @@ pub fn serve(metrics: Arc<Metrics>, addr: SocketAddr) -> std::io::Result<(actix_
             "/metrics",
             web::get().to(move || {
                 let body = metrics.render();
-                async move { HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(body) }
+                async move {
+                    HttpResponse::Ok()
+                        .content_type("text/plain; version=0.0.4")
+                        .body(body)
+                }
             }),
         )
     })

@@ -33,27 +33,53 @@ pub struct ProxyIdentity {
 pub fn proxy_identity(config: &Config) -> Result<ProxyIdentity, String> {
     let p = &config.proxy;
     let (tls, ca_file) = match (&p.cert_file, &p.key_file) {
-        (Some(cert_file), Some(key_file)) => (ProxyTls { cert_file: cert_file.clone(), key_file: key_file.clone() }, p.ca_file.clone()),
+        (Some(cert_file), Some(key_file)) => (
+            ProxyTls {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            },
+            p.ca_file.clone(),
+        ),
         _ => {
             let dir = config.default.state_path.join("tls");
-            let mut hosts = vec![config.public_host(), config.node_name(), "localhost".to_owned(), "127.0.0.1".to_owned()];
+            let mut hosts = vec![
+                config.public_host(),
+                config.node_name(),
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+            ];
             hosts.dedup();
             let generated = tlsutil::ensure_self_signed(&dir, &hosts, &config.public_host())?;
-            (ProxyTls { cert_file: generated.cert_file, key_file: generated.key_file }, Some(generated.ca_file))
+            (
+                ProxyTls {
+                    cert_file: generated.cert_file,
+                    key_file: generated.key_file,
+                },
+                Some(generated.ca_file),
+            )
         }
     };
     let ca_pem = ca_file
-        .map(|path: PathBuf| std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display())))
+        .map(|path: PathBuf| {
+            std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        })
         .transpose()?;
     let host_subject = match &p.host_subject {
         Some(subject) => Some(subject.clone()),
         None => {
             let certs = tlsutil::load_certs(&tls.cert_file)?;
-            let first = certs.first().ok_or_else(|| format!("no certificate in {}", tls.cert_file.display()))?;
+            let first = certs
+                .first()
+                .ok_or_else(|| format!("no certificate in {}", tls.cert_file.display()))?;
             Some(tlsutil::format_host_subject(&tlsutil::cert_subject(first)?))
         }
     };
-    Ok(ProxyIdentity { tls, ca_pem, host_subject })
+    Ok(ProxyIdentity {
+        tls,
+        ca_pem,
+        host_subject,
+    })
 }
 
 /// Opens the database, retrying while it is unreachable (it may start after kerbside). An
@@ -67,7 +93,8 @@ pub async fn open_database(config: &Config, migrate_sqlite: bool) -> Result<Db, 
     if let DbUrl::Sqlite { path } = &url {
         if let Some(parent) = path.parent() {
             if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
             }
         }
     }
@@ -94,7 +121,9 @@ pub async fn open_database(config: &Config, migrate_sqlite: bool) -> Result<Db, 
         }
     } else {
         db.check_current().await.map_err(|e| match e {
-            DbError::PendingMigrations { .. } => format!("{e}: run `kerbside-manage db sync` first"),
+            DbError::PendingMigrations { .. } => {
+                format!("{e}: run `kerbside-manage db sync` first")
+            }
             other => other.to_string(),
         })?;
     }
@@ -138,22 +167,42 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
     let db = open_database(&config, true).await?;
     let metrics = Metrics::new().map_err(|e| format!("cannot create metrics: {e}"))?;
     if let Some(path) = &config.console.sources_file {
-        crate::sources::spawn_watcher(db.clone(), path.clone(), Duration::from_secs(config.console.sources_refresh_interval), &shutdown).await;
+        crate::sources::spawn_watcher(
+            db.clone(),
+            path.clone(),
+            Duration::from_secs(config.console.sources_refresh_interval),
+            &shutdown,
+        )
+        .await;
     }
     let mut proxy = None;
     for component in components {
         match component {
             Component::Proxy => {
                 let identity = proxy_identity(&config)?;
-                proxy = Some(proxy::start(config.clone(), db.clone(), metrics.clone(), shutdown.clone(), &identity.tls).await?);
+                proxy = Some(
+                    proxy::start(
+                        config.clone(),
+                        db.clone(),
+                        metrics.clone(),
+                        shutdown.clone(),
+                        &identity.tls,
+                    )
+                    .await?,
+                );
             }
-            Component::Api => return Err("the api component is not part of this build yet".to_owned()),
-            Component::Notifications => return Err("the notifications component is not part of this build yet".to_owned()),
+            Component::Api => {
+                return Err("the api component is not part of this build yet".to_owned());
+            }
+            Component::Notifications => {
+                return Err("the notifications component is not part of this build yet".to_owned());
+            }
         }
     }
     let (metrics_server, metrics_addrs) = if config.metrics.enabled {
         let addr = std::net::SocketAddr::new(config.metrics.bind_host, config.metrics.bind_port);
-        let (server, addrs) = crate::metrics::serve(metrics, addr).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        let (server, addrs) = crate::metrics::serve(metrics, addr)
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
         let handle = server.handle();
         tokio::spawn(server);
         (Some(handle), addrs)
@@ -161,7 +210,13 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
         (None, Vec::new())
     };
     shutdown.set_running();
-    Ok(Running { proxy, metrics_addrs, shutdown, db, metrics_server })
+    Ok(Running {
+        proxy,
+        metrics_addrs,
+        shutdown,
+        db,
+        metrics_server,
+    })
 }
 
 impl Running {
@@ -183,8 +238,13 @@ pub async fn run(config: Arc<Config>, asked: &[Component]) -> Result<(), String>
     let components = components(&config, asked);
     let running = start(config.clone(), &components).await?;
     tracing::info!(components = ?components, node = %config.node_name(), "kerbside running");
-    let signal = shutdown::wait_for_signal().await.map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    tracing::info!(signal, "draining: no new connections, sessions close within the grace period");
+    let signal = shutdown::wait_for_signal()
+        .await
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    tracing::info!(
+        signal,
+        "draining: no new connections, sessions close within the grace period"
+    );
     let grace = Duration::from_secs(config.proxy.shutdown_timeout);
     tokio::select! {
         () = running.stop(grace) => {}

@@ -85,8 +85,14 @@ impl Shutdown {
         self.phase.send_replace(Phase::Draining);
         self.drain.cancel();
         self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait()).await.is_err() {
-            tracing::warn!(grace_s = grace.as_secs(), "drain deadline passed: closing what is left");
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                "drain deadline passed: closing what is left"
+            );
         }
         self.stop_now().await;
     }

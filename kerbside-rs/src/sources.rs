@@ -99,7 +99,8 @@ pub struct NewConsoleSpec {
 /// # Errors
 /// A message with the YAML error's line when the text is not a list of sources.
 pub fn parse(text: &str) -> Result<Vec<StaticSource>, String> {
-    let entries: Vec<SourceEntry> = serde_norway::from_str(text).map_err(|e| format!("invalid sources file: {e}"))?;
+    let entries: Vec<SourceEntry> =
+        serde_norway::from_str(text).map_err(|e| format!("invalid sources file: {e}"))?;
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for entry in entries {
@@ -114,11 +115,19 @@ pub fn parse(text: &str) -> Result<Vec<StaticSource>, String> {
         let ca_cert = entry.ca_cert.clone();
         if let Some(ca) = &ca_cert {
             if let Err(e) = crate::tlsutil::parse_certs(ca) {
-                out.push(StaticSource { name: entry.source, ca_cert: None, consoles: Err(format!("ca_cert: {e}")) });
+                out.push(StaticSource {
+                    name: entry.source,
+                    ca_cert: None,
+                    consoles: Err(format!("ca_cert: {e}")),
+                });
                 continue;
             }
         }
-        out.push(StaticSource { name: entry.source, ca_cert, consoles });
+        out.push(StaticSource {
+            name: entry.source,
+            ca_cert,
+            consoles,
+        });
     }
     Ok(out)
 }
@@ -128,7 +137,9 @@ fn validate_consoles(entry: &SourceEntry) -> Result<Vec<NewConsoleSpec>, String>
     let mut out = Vec::new();
     for (i, c) in entry.consoles.iter().enumerate() {
         let at = |msg: String| format!("console {} ({}): {msg}", i + 1, c.uuid);
-        let uuid = uuid::Uuid::parse_str(&c.uuid).map_err(|_| at("uuid is not a UUID".to_owned()))?.to_string();
+        let uuid = uuid::Uuid::parse_str(&c.uuid)
+            .map_err(|_| at("uuid is not a UUID".to_owned()))?
+            .to_string();
         if !uuids.insert(uuid.clone()) {
             return Err(at("uuid is listed twice".to_owned()));
         }
@@ -146,17 +157,23 @@ fn validate_consoles(entry: &SourceEntry) -> Result<Vec<NewConsoleSpec>, String>
         }
         if let Some(ticket) = &c.ticket {
             if ticket.len() > 60 || ticket.contains('\0') {
-                return Err(at("ticket must be at most 60 bytes without NUL (a SPICE limit)".to_owned()));
+                return Err(at(
+                    "ticket must be at most 60 bytes without NUL (a SPICE limit)".to_owned(),
+                ));
             }
         }
         if let Some(subject) = &c.host_subject {
-            crate::tlsutil::parse_host_subject(subject).map_err(|e| at(format!("host_subject: {e}")))?;
+            crate::tlsutil::parse_host_subject(subject)
+                .map_err(|e| at(format!("host_subject: {e}")))?;
         }
         out.push(NewConsoleSpec {
             uuid,
             name: c.name.clone(),
             hypervisor: c.hypervisor.clone(),
-            hypervisor_ip: c.hypervisor_ip.clone().unwrap_or_else(|| c.hypervisor.clone()),
+            hypervisor_ip: c
+                .hypervisor_ip
+                .clone()
+                .unwrap_or_else(|| c.hypervisor.clone()),
             insecure_port: c.insecure_port,
             secure_port: c.secure_port,
             ticket: c.ticket.clone(),
@@ -211,17 +228,20 @@ pub async fn apply_file(db: &Db, path: &Path) -> Result<Applied, String> {
                     let mut keep = Vec::with_capacity(consoles.len());
                     for c in consoles {
                         keep.push(c.uuid.clone());
-                        models::upsert_console(conn, &NewConsole {
-                            source_id: row.id,
-                            uuid: c.uuid,
-                            name: c.name,
-                            hypervisor: c.hypervisor,
-                            hypervisor_ip: c.hypervisor_ip,
-                            insecure_port: c.insecure_port.map(i32::from),
-                            secure_port: c.secure_port.map(i32::from),
-                            host_subject: c.host_subject,
-                            ticket: c.ticket.map(models::Ticket::new),
-                        })?;
+                        models::upsert_console(
+                            conn,
+                            &NewConsole {
+                                source_id: row.id,
+                                uuid: c.uuid,
+                                name: c.name,
+                                hypervisor: c.hypervisor,
+                                hypervisor_ip: c.hypervisor_ip,
+                                insecure_port: c.insecure_port.map(i32::from),
+                                secure_port: c.secure_port.map(i32::from),
+                                host_subject: c.host_subject,
+                                ticket: c.ticket.map(models::Ticket::new),
+                            },
+                        )?;
                     }
                     models::delete_consoles_not_in(conn, row.id, &keep)?;
                     models::set_source_error(conn, &source.name, None)?;
@@ -274,7 +294,9 @@ fn report(path: &Path, result: Result<Applied, String>) {
             }
             tracing::info!(path = %path.display(), sources = applied.ok.len(), errored = applied.errored.len(), "sources loaded");
         }
-        Err(message) => tracing::error!(error = %message, "sources file not loaded; keeping the previous consoles"),
+        Err(message) => {
+            tracing::error!(error = %message, "sources file not loaded; keeping the previous consoles")
+        }
     }
 }
 
@@ -323,12 +345,21 @@ mod tests {
     - {uuid: 0d1e7a52-6f4b-4c3e-9a8e-2b7d5c1f9e01, name: x, hypervisor: h, secure_port: 1, ticket: 0123456789012345678901234567890123456789012345678901234567890}
 ";
         let sources = parse(text).unwrap();
-        assert_eq!(sources[0].consoles.as_ref().unwrap_err(), "console 1 (not-a-uuid): uuid is not a UUID");
+        assert_eq!(
+            sources[0].consoles.as_ref().unwrap_err(),
+            "console 1 (not-a-uuid): uuid is not a UUID"
+        );
         assert_eq!(
             sources[1].consoles.as_ref().unwrap_err(),
             "console 1 (0d1e7a52-6f4b-4c3e-9a8e-2b7d5c1f9e01): needs insecure_port or secure_port"
         );
-        assert!(sources[2].consoles.as_ref().unwrap_err().contains("at most 60 bytes"));
+        assert!(
+            sources[2]
+                .consoles
+                .as_ref()
+                .unwrap_err()
+                .contains("at most 60 bytes")
+        );
     }
 
     #[test]

@@ -30,7 +30,11 @@ impl LogSettings {
             (Some(dir), None) => Some(dir.join(format!("{program}.log"))),
             (None, None) => None,
         };
-        LogSettings { debug: section.debug, json: section.use_json, file }
+        LogSettings {
+            debug: section.debug,
+            json: section.use_json,
+            file,
+        }
     }
 }
 
@@ -41,14 +45,18 @@ impl LogSettings {
 pub fn init(settings: &LogSettings) -> Result<(), String> {
     let level = if settings.debug { "debug" } else { "info" };
     // Our own crate at the chosen level; noisy dependencies one step quieter.
-    let default = format!("{level},kerbside={level},rustls=warn,h2=warn,hyper=warn,actix_server=warn");
+    let default =
+        format!("{level},kerbside={level},rustls=warn,h2=warn,hyper=warn,actix_server=warn");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let result = match (&settings.file, settings.json) {
         (Some(path), json) => {
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("cannot create log directory {}: {e}", parent.display()))?;
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    format!("cannot create log directory {}: {e}", parent.display())
+                })?;
             }
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -62,10 +70,17 @@ pub fn init(settings: &LogSettings) -> Result<(), String> {
                 builder.try_init()
             }
         }
-        (None, true) => builder.json().flatten_event(true).with_writer(std::io::stderr).try_init(),
+        (None, true) => builder
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .try_init(),
         (None, false) => {
             use std::io::IsTerminal;
-            builder.with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr).try_init()
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .try_init()
         }
     };
     result.map_err(|e| format!("cannot install the logger: {e}"))

@@ -66,7 +66,11 @@ pub fn parse_host_subject(subject: &str) -> Result<Vec<DnEntry>, String> {
         match c {
             '\\' => match chars.next() {
                 Some(escaped @ (',' | '\\')) => current.push(escaped),
-                _ => return Err("invalid escape in host subject: only \\, and \\\\ are allowed".to_owned()),
+                _ => {
+                    return Err(
+                        "invalid escape in host subject: only \\, and \\\\ are allowed".to_owned(),
+                    );
+                }
             },
             ',' => parts.push(std::mem::take(&mut current)),
             _ => current.push(c),
@@ -76,10 +80,14 @@ pub fn parse_host_subject(subject: &str) -> Result<Vec<DnEntry>, String> {
     for part in parts {
         let part = part.trim_start();
         let Some((key, value)) = part.split_once('=') else {
-            return Err(format!("invalid host subject entry '{part}': expected key=value"));
+            return Err(format!(
+                "invalid host subject entry '{part}': expected key=value"
+            ));
         };
         if key.is_empty() || value.is_empty() {
-            return Err(format!("invalid host subject entry '{part}': empty key or value"));
+            return Err(format!(
+                "invalid host subject entry '{part}': empty key or value"
+            ));
         }
         entries.push((key.to_owned(), value.to_owned()));
     }
@@ -100,7 +108,10 @@ pub fn cert_subject(der: &[u8]) -> Result<Vec<DnEntry>, String> {
             let value = attr
                 .as_str()
                 .map_err(|_| format!("certificate subject attribute {oid} is not a string"))?;
-            entries.push((short_name(&oid).unwrap_or(&oid).to_owned(), value.to_owned()));
+            entries.push((
+                short_name(&oid).unwrap_or(&oid).to_owned(),
+                value.to_owned(),
+            ));
         }
     }
     Ok(entries)
@@ -163,8 +174,14 @@ pub struct GeneratedTls {
 ///
 /// # Errors
 /// A message when files cannot be written or certificates cannot be made.
-pub fn ensure_self_signed(dir: &Path, hosts: &[String], name: &str) -> Result<GeneratedTls, String> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+pub fn ensure_self_signed(
+    dir: &Path,
+    hosts: &[String],
+    name: &str,
+) -> Result<GeneratedTls, String> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
 
     let tls = GeneratedTls {
         ca_file: dir.join("ca-cert.pem"),
@@ -174,12 +191,17 @@ pub fn ensure_self_signed(dir: &Path, hosts: &[String], name: &str) -> Result<Ge
     };
     let ca_key_file = dir.join("ca-key.pem");
     if !(tls.ca_file.is_file() && tls.cert_file.is_file() && tls.key_file.is_file()) {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let err = |e: rcgen::Error| format!("cannot generate TLS material: {e}");
         let ca_key = KeyPair::generate().map_err(err)?;
         let mut ca_params = CertificateParams::new(Vec::new()).map_err(err)?;
-        ca_params.distinguished_name.push(DnType::OrganizationName, "Kerbside");
-        ca_params.distinguished_name.push(DnType::CommonName, format!("Kerbside CA for {name}"));
+        ca_params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Kerbside");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, format!("Kerbside CA for {name}"));
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
@@ -187,7 +209,9 @@ pub fn ensure_self_signed(dir: &Path, hosts: &[String], name: &str) -> Result<Ge
 
         let key = KeyPair::generate().map_err(err)?;
         let mut params = CertificateParams::new(hosts.to_vec()).map_err(err)?;
-        params.distinguished_name.push(DnType::OrganizationName, "Kerbside");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "Kerbside");
         params.distinguished_name.push(DnType::CommonName, name);
         let cert = params.signed_by(&key, &issuer).map_err(err)?;
 
@@ -199,7 +223,10 @@ pub fn ensure_self_signed(dir: &Path, hosts: &[String], name: &str) -> Result<Ge
     let certs = load_certs(&tls.cert_file)?;
     let first = certs.first().ok_or("no certificate")?;
     let host_subject = format_host_subject(&cert_subject(first)?);
-    Ok(GeneratedTls { host_subject, ..tls })
+    Ok(GeneratedTls {
+        host_subject,
+        ..tls
+    })
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
@@ -212,7 +239,8 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
         .mode(mode)
         .open(path)
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(data).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    f.write_all(data)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
 #[cfg(test)]
@@ -231,7 +259,10 @@ mod tests {
                 ("CN".into(), "my server".into())
             ]
         );
-        assert_eq!(format_host_subject(&s), "C=IL,L=Raanana,O=Red Hat\\, Inc.,CN=my server");
+        assert_eq!(
+            format_host_subject(&s),
+            "C=IL,L=Raanana,O=Red Hat\\, Inc.,CN=my server"
+        );
         assert!(parse_host_subject("CN").is_err());
         assert!(parse_host_subject("CN=a\\x").is_err());
         assert!(parse_host_subject("CN=a,").is_err());
@@ -240,23 +271,43 @@ mod tests {
     #[test]
     fn subjects_match_in_any_order_but_completely() {
         let cert = parse_host_subject("C=AU,O=Example,CN=hv1").unwrap();
-        assert!(subject_matches(&parse_host_subject("CN=hv1,O=Example,C=AU").unwrap(), &cert));
-        assert!(!subject_matches(&parse_host_subject("CN=hv1,O=Example").unwrap(), &cert));
-        assert!(!subject_matches(&parse_host_subject("C=AU,O=Example,CN=hv2").unwrap(), &cert));
+        assert!(subject_matches(
+            &parse_host_subject("CN=hv1,O=Example,C=AU").unwrap(),
+            &cert
+        ));
+        assert!(!subject_matches(
+            &parse_host_subject("CN=hv1,O=Example").unwrap(),
+            &cert
+        ));
+        assert!(!subject_matches(
+            &parse_host_subject("C=AU,O=Example,CN=hv2").unwrap(),
+            &cert
+        ));
     }
 
     #[test]
     fn generated_material_is_reused_and_readable() {
         let dir = tempfile::tempdir().unwrap();
-        let a = ensure_self_signed(dir.path(), &["localhost".into(), "127.0.0.1".into()], "proxy").unwrap();
+        let a = ensure_self_signed(
+            dir.path(),
+            &["localhost".into(), "127.0.0.1".into()],
+            "proxy",
+        )
+        .unwrap();
         let expected = parse_host_subject("O=Kerbside,CN=proxy").unwrap();
-        assert!(subject_matches(&expected, &parse_host_subject(&a.host_subject).unwrap()));
+        assert!(subject_matches(
+            &expected,
+            &parse_host_subject(&a.host_subject).unwrap()
+        ));
         let before = std::fs::read(&a.cert_file).unwrap();
         let b = ensure_self_signed(dir.path(), &["localhost".into()], "proxy").unwrap();
         assert_eq!(before, std::fs::read(&b.cert_file).unwrap());
         assert!(load_key(&b.key_file).is_ok());
         assert_eq!(load_certs(&b.ca_file).unwrap().len(), 1);
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&b.key_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&b.key_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

@@ -1,3 +1,4 @@
 //! integration
 
 mod peers;
+mod proxy;

@@ -59,7 +59,13 @@ impl ConfigProblem {
         option: Option<String>,
         message: String,
     ) -> Self {
-        ConfigProblem { location: Some(location), file: None, section, option, message }
+        ConfigProblem {
+            location: Some(location),
+            file: None,
+            section,
+            option,
+            message,
+        }
     }
 
     /// A problem with a whole file.
@@ -144,8 +150,10 @@ impl ConfigSources {
                     confs.sort();
                     files.extend(confs);
                 }
-                Err(e) => problems
-                    .push(ConfigProblem::file(dir, format!("cannot list config directory: {e}"))),
+                Err(e) => problems.push(ConfigProblem::file(
+                    dir,
+                    format!("cannot list config directory: {e}"),
+                )),
             }
         }
         if !problems.is_empty() {
@@ -233,7 +241,10 @@ impl Config {
     ///
     /// # Errors
     /// As [`Config::load`].
-    pub fn from_raw(raw: RawConfig, mut problems: Vec<ConfigProblem>) -> Result<Loaded, ConfigError> {
+    pub fn from_raw(
+        raw: RawConfig,
+        mut problems: Vec<ConfigProblem>,
+    ) -> Result<Loaded, ConfigError> {
         let mut loader = Loader::new(&raw);
         let default = DefaultSection::load(&mut loader);
         let api = ApiSection::load(&mut loader);
@@ -311,14 +322,20 @@ impl Config {
         if validation.is_empty() {
             Ok(Loaded { config, warnings })
         } else {
-            Err(ConfigError { problems: validation })
+            Err(ConfigError {
+                problems: validation,
+            })
         }
     }
 
     /// Checks that values fit together; single options were checked by their types.
     fn validate(&self, raw: &RawConfig) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
-        let at = |section: &str, option: &str| raw.values(section, option).last().map(|v| v.location.clone());
+        let at = |section: &str, option: &str| {
+            raw.values(section, option)
+                .last()
+                .map(|v| v.location.clone())
+        };
         let p = &self.proxy;
         // A missing partner option has no line of its own: point at the one that is set.
         match (&p.cert_file, &p.key_file) {
@@ -337,7 +354,12 @@ impl Config {
             _ => {}
         }
         let mut problem = |section: &str, option: &str, message: String| {
-            problems.push(ConfigProblem::option(section, option, at(section, option), message));
+            problems.push(ConfigProblem::option(
+                section,
+                option,
+                at(section, option),
+                message,
+            ));
         };
         for (option, path) in [
             ("cert_file", &p.cert_file),
@@ -347,18 +369,34 @@ impl Config {
         ] {
             if let Some(path) = path {
                 if let Err(e) = std::fs::File::open(path) {
-                    problem("proxy", option, format!("cannot read {}: {e}", path.display()));
+                    problem(
+                        "proxy",
+                        option,
+                        format!("cannot read {}: {e}", path.display()),
+                    );
                 }
             }
         }
         if p.tls_port != 0 && p.tls_port == p.insecure_port {
-            problem("proxy", "insecure_port", format!("must differ from tls_port ({})", p.tls_port));
+            problem(
+                "proxy",
+                "insecure_port",
+                format!("must differ from tls_port ({})", p.tls_port),
+            );
         }
         if p.bind_host.is_empty() {
-            problem("proxy", "bind_host", "at least one address is required".to_owned());
+            problem(
+                "proxy",
+                "bind_host",
+                "at least one address is required".to_owned(),
+            );
         }
         if p.handshake_timeout == 0 {
-            problem("proxy", "handshake_timeout", "must be at least 1 second".to_owned());
+            problem(
+                "proxy",
+                "handshake_timeout",
+                "must be at least 1 second".to_owned(),
+            );
         }
         if p.max_sessions == 0 {
             problem("proxy", "max_sessions", "must be at least 1".to_owned());
@@ -372,11 +410,19 @@ impl Config {
             }
         }
         if self.console.token_ttl == 0 {
-            problem("console", "token_ttl", "must be at least 1 second".to_owned());
+            problem(
+                "console",
+                "token_ttl",
+                "must be at least 1 second".to_owned(),
+            );
         }
         if let Some(path) = &self.console.sources_file {
             if let Err(e) = std::fs::File::open(path) {
-                problem("console", "sources_file", format!("cannot read {}: {e}", path.display()));
+                problem(
+                    "console",
+                    "sources_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
             }
         }
         if self.database.max_pool_size == 0 {
@@ -391,7 +437,11 @@ impl Config {
                     } else {
                         "DEFAULT"
                     };
-                    problem(section, "transport_url", format!("unsupported scheme '{}': expected rabbit://", u.scheme()));
+                    problem(
+                        section,
+                        "transport_url",
+                        format!("unsupported scheme '{}': expected rabbit://", u.scheme()),
+                    );
                 }
                 Err(e) => {
                     let section = if self.oslo_messaging_notifications.transport_url.is_some() {
@@ -423,7 +473,10 @@ impl Config {
 
     /// The host clients use to reach the proxy.
     pub fn public_host(&self) -> String {
-        self.proxy.public_host.clone().unwrap_or_else(|| self.node_name())
+        self.proxy
+            .public_host
+            .clone()
+            .unwrap_or_else(|| self.node_name())
     }
 
     /// The TLS port clients use.
@@ -433,7 +486,9 @@ impl Config {
 
     /// The plain port clients use.
     pub fn public_insecure_port(&self) -> u16 {
-        self.proxy.public_insecure_port.unwrap_or(self.proxy.insecure_port)
+        self.proxy
+            .public_insecure_port
+            .unwrap_or(self.proxy.insecure_port)
     }
 
     /// The messaging URL for notifications, if any.

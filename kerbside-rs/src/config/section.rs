@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
+use super::ConfigProblem;
 use super::source::{RawConfig, RawValue};
 use super::value::OptValue;
-use super::ConfigProblem;
 
 /// What the sample file and `config check` know about one option.
 #[derive(Debug)]
@@ -48,12 +48,17 @@ pub struct Loader<'a> {
 impl<'a> Loader<'a> {
     /// A loader over the given raw configuration.
     pub fn new(raw: &'a RawConfig) -> Self {
-        Loader { raw, problems: Vec::new(), known: BTreeSet::new() }
+        Loader {
+            raw,
+            problems: Vec::new(),
+            known: BTreeSet::new(),
+        }
     }
 
     /// Whether an option of `section` is declared (used to find unknown ones).
     pub fn is_known(&self, section: &str, option: &str) -> bool {
-        self.known.contains(&(section.to_owned(), option.to_owned()))
+        self.known
+            .contains(&(section.to_owned(), option.to_owned()))
     }
 
     /// Whether the section name belongs to any declared option.
@@ -83,7 +88,8 @@ impl<'a> Loader<'a> {
                     } else {
                         format!("{message}: set it in the configuration file")
                     };
-                    self.problems.push(ConfigProblem::option(section, option, None, message));
+                    self.problems
+                        .push(ConfigProblem::option(section, option, None, message));
                 })
                 .ok();
         }
@@ -93,7 +99,11 @@ impl<'a> Loader<'a> {
         let texts: Vec<String> = if T::MULTI {
             values.iter().map(|v| self.interpolate(&v.text)).collect()
         } else {
-            values.last().map(|v| self.interpolate(&v.text)).into_iter().collect()
+            values
+                .last()
+                .map(|v| self.interpolate(&v.text))
+                .into_iter()
+                .collect()
         };
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let location = values.last().map(|v| v.location.clone());
@@ -154,7 +164,10 @@ impl<'a> Loader<'a> {
                     let end = after
                         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                         .unwrap_or(after.len());
-                    (after.get(..end).unwrap_or_default(), after.get(end..).unwrap_or_default())
+                    (
+                        after.get(..end).unwrap_or_default(),
+                        after.get(end..).unwrap_or_default(),
+                    )
                 }
             };
             match default_value_text(self.raw, name) {
@@ -228,4 +241,3 @@ macro_rules! section {
     };
 }
 pub(crate) use section;
-

@@ -96,19 +96,28 @@ impl RawConfig {
             for (key, value) in props.iter() {
                 let k = (section.to_owned(), key.to_owned());
                 let n = seen.entry(k.clone()).or_insert(0);
-                let line = lines.keys.get(&k).and_then(|v| v.get(*n)).copied().unwrap_or(0);
+                let line = lines
+                    .keys
+                    .get(&k)
+                    .and_then(|v| v.get(*n))
+                    .copied()
+                    .unwrap_or(0);
                 *n += 1;
                 self.values.entry(k).or_default().push(RawValue {
                     text: unquote(value.trim()).to_owned(),
-                    location: Location { file: file.clone(), line },
+                    location: Location {
+                        file: file.clone(),
+                        line,
+                    },
                     file_index,
                 });
             }
         }
         for (section, line) in lines.sections {
-            self.sections
-                .entry(section)
-                .or_insert(Location { file: file.clone(), line });
+            self.sections.entry(section).or_insert(Location {
+                file: file.clone(),
+                line,
+            });
         }
     }
 
@@ -122,7 +131,8 @@ impl RawConfig {
     /// Every (section, option) that was set, with its first location.
     pub fn all_keys(&self) -> impl Iterator<Item = (&str, &str, &Location)> {
         self.values.iter().filter_map(|((s, k), v)| {
-            v.first().map(|first| (s.as_str(), k.as_str(), &first.location))
+            v.first()
+                .map(|first| (s.as_str(), k.as_str(), &first.location))
         })
     }
 
@@ -144,13 +154,19 @@ fn index_lines(
     text: &str,
     problems: &mut Vec<ConfigProblem>,
 ) -> Option<LineIndex> {
-    let mut index = LineIndex { keys: BTreeMap::new(), sections: Vec::new() };
+    let mut index = LineIndex {
+        keys: BTreeMap::new(),
+        sections: Vec::new(),
+    };
     let mut section: Option<String> = None;
     let mut after_key = false;
     let before = problems.len();
     for (n, line) in text.lines().enumerate() {
         let number = n + 1;
-        let at = || Location { file: file.clone(), line: number };
+        let at = || Location {
+            file: file.clone(),
+            line: number,
+        };
         let trimmed = line.trim();
         if trimmed.is_empty() || trimmed.starts_with('#') || trimmed.starts_with(';') {
             continue;
@@ -180,7 +196,10 @@ fn index_lines(
                 at(),
                 section.clone(),
                 None,
-                format!("expected 'name = value' or '[section]', found '{}'", shorten(trimmed)),
+                format!(
+                    "expected 'name = value' or '[section]', found '{}'",
+                    shorten(trimmed)
+                ),
             ));
             after_key = false;
             continue;
@@ -243,14 +262,18 @@ mod tests {
 
     #[test]
     fn values_keep_their_lines() {
-        let (raw, problems) = parse("[DEFAULT]\n# c\ndebug = true\n\n[proxy]\nbind_host = a\nbind_host = 'b'\n");
+        let (raw, problems) =
+            parse("[DEFAULT]\n# c\ndebug = true\n\n[proxy]\nbind_host = a\nbind_host = 'b'\n");
         assert!(problems.is_empty(), "{problems:?}");
         let v = raw.values("proxy", "bind_host");
         assert_eq!(v.len(), 2);
         assert_eq!(v[0].location.line, 6);
         assert_eq!(v[1].location.line, 7);
         assert_eq!(v[1].text, "b");
-        assert_eq!(raw.values("DEFAULT", "debug")[0].location.to_string(), "k.conf:3");
+        assert_eq!(
+            raw.values("DEFAULT", "debug")[0].location.to_string(),
+            "k.conf:3"
+        );
     }
 
     #[test]

@@ -15,7 +15,12 @@ fn load(files: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
 }
 
 fn errors(files: &[(&str, &str)]) -> Vec<String> {
-    load(files).unwrap_err().problems.iter().map(ToString::to_string).collect()
+    load(files)
+        .unwrap_err()
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[test]
@@ -27,7 +32,10 @@ fn empty_configuration_uses_defaults() {
     assert_eq!(c.proxy.insecure_port, 5901);
     assert_eq!(c.api.auth_strategy, AuthStrategy::Keystone);
     assert_eq!(c.notifications.queue_type, QueueType::Classic);
-    assert_eq!(c.oslo_messaging_notifications.topics, ["versioned_notifications"]);
+    assert_eq!(
+        c.oslo_messaging_notifications.topics,
+        ["versioned_notifications"]
+    );
     assert_eq!(
         c.database.connection.expose(),
         "sqlite:////var/lib/kerbside/kerbside.sqlite"
@@ -37,16 +45,29 @@ fn empty_configuration_uses_defaults() {
 
 #[test]
 fn state_path_is_substituted() {
-    let c = load(&[("a.conf", "[DEFAULT]\nstate_path = /srv/k\n")]).unwrap().config;
-    assert_eq!(c.database.connection.expose(), "sqlite:////srv/k/kerbside.sqlite");
-    let c = load(&[("a.conf", "[database]\nconnection = mysql://u:pa$$w$rd@h/k\n")]).unwrap().config;
+    let c = load(&[("a.conf", "[DEFAULT]\nstate_path = /srv/k\n")])
+        .unwrap()
+        .config;
+    assert_eq!(
+        c.database.connection.expose(),
+        "sqlite:////srv/k/kerbside.sqlite"
+    );
+    let c = load(&[(
+        "a.conf",
+        "[database]\nconnection = mysql://u:pa$$w$rd@h/k\n",
+    )])
+    .unwrap()
+    .config;
     assert_eq!(c.database.connection.expose(), "mysql://u:pa$w$rd@h/k");
 }
 
 #[test]
 fn later_files_win() {
     let c = load(&[
-        ("a.conf", "[proxy]\ntls_port = 6000\npublic_host = a.example\n"),
+        (
+            "a.conf",
+            "[proxy]\ntls_port = 6000\npublic_host = a.example\n",
+        ),
         ("b.conf", "[proxy]\ntls_port = 7000\n"),
     ])
     .unwrap()
@@ -59,14 +80,20 @@ fn later_files_win() {
 #[test]
 fn wrong_types_name_file_line_and_option() {
     assert_eq!(
-        errors(&[("k.conf", "[DEFAULT]\ndebug = perhaps\n[proxy]\ntls_port = abc\n")]),
+        errors(&[(
+            "k.conf",
+            "[DEFAULT]\ndebug = perhaps\n[proxy]\ntls_port = abc\n"
+        )]),
         [
             "k.conf:2: [DEFAULT] debug: invalid boolean 'perhaps': expected true or false",
             "k.conf:4: [proxy] tls_port: invalid port value 'abc': expected a whole number from 0 to 65535",
         ]
     );
     assert_eq!(
-        errors(&[("k.conf", "[api]\nauth_strategy = ldap\nbind_host = example.com\n")]),
+        errors(&[(
+            "k.conf",
+            "[api]\nauth_strategy = ldap\nbind_host = example.com\n"
+        )]),
         [
             "k.conf:3: [api] bind_host: invalid IP address 'example.com': expected e.g. 0.0.0.0, :: or 192.0.2.10",
             "k.conf:2: [api] auth_strategy: invalid value 'ldap': expected one of keystone, noauth",
@@ -84,15 +111,22 @@ fn duplicate_keys_in_one_file_are_an_error() {
 
 #[test]
 fn multi_valued_options_accumulate() {
-    let c = load(&[("k.conf", "[proxy]\nbind_host = 127.0.0.1\nbind_host = ::1, ::\n")])
-        .unwrap()
-        .config;
+    let c = load(&[(
+        "k.conf",
+        "[proxy]\nbind_host = 127.0.0.1\nbind_host = ::1, ::\n",
+    )])
+    .unwrap()
+    .config;
     assert_eq!(c.proxy.bind_host.len(), 3);
 }
 
 #[test]
 fn unknown_options_and_sections_are_warnings() {
-    let loaded = load(&[("k.conf", "[proxy]\ntls_prot = 1\n[oslo_concurrency]\nlock_path = /x\n")]).unwrap();
+    let loaded = load(&[(
+        "k.conf",
+        "[proxy]\ntls_prot = 1\n[oslo_concurrency]\nlock_path = /x\n",
+    )])
+    .unwrap();
     let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(
         warnings,
@@ -120,15 +154,26 @@ fn missing_sections_are_fine_and_cross_checks_run() {
 
 #[test]
 fn secrets_are_not_printed_in_errors_or_debug() {
-    let e = errors(&[("k.conf", "[DEFAULT]\ntransport_url = http://guest:s3cret@h/\n")]);
-    assert_eq!(e, ["k.conf:2: [DEFAULT] transport_url: unsupported scheme 'http': expected rabbit://"]);
-    let c = load(&[("k.conf", "[keystone_authtoken]\npassword = s3cret\n[database]\nconnection = mysql://k:s3cret@db/k\n")])
-        .unwrap()
-        .config;
+    let e = errors(&[(
+        "k.conf",
+        "[DEFAULT]\ntransport_url = http://guest:s3cret@h/\n",
+    )]);
+    assert_eq!(
+        e,
+        ["k.conf:2: [DEFAULT] transport_url: unsupported scheme 'http': expected rabbit://"]
+    );
+    let c = load(&[(
+        "k.conf",
+        "[keystone_authtoken]\npassword = s3cret\n[database]\nconnection = mysql://k:s3cret@db/k\n",
+    )])
+    .unwrap()
+    .config;
     let debug = format!("{c:?}");
     assert!(!debug.contains("s3cret"), "{debug}");
     // An empty optional secret means "unset", as in oslo.config.
-    let c = load(&[("k.conf", "[keystone_authtoken]\npassword =\n")]).unwrap().config;
+    let c = load(&[("k.conf", "[keystone_authtoken]\npassword =\n")])
+        .unwrap()
+        .config;
     assert!(c.keystone_authtoken.password.is_none());
 }
 
@@ -136,14 +181,20 @@ fn secrets_are_not_printed_in_errors_or_debug() {
 fn every_problem_is_reported_at_once() {
     let e = errors(&[
         ("a.conf", "[proxy]\ntls_port = x\n"),
-        ("b.conf", "[metrics]\nbind_port = -1\n[api]\nworkers = many\n"),
+        (
+            "b.conf",
+            "[metrics]\nbind_port = -1\n[api]\nworkers = many\n",
+        ),
     ]);
     assert_eq!(e.len(), 3, "{e:?}");
 }
 
 #[test]
 fn unreadable_file_is_named() {
-    let sources = ConfigSources { files: vec!["/nonexistent/kerbside.conf".into()], dirs: vec![] };
+    let sources = ConfigSources {
+        files: vec!["/nonexistent/kerbside.conf".into()],
+        dirs: vec![],
+    };
     let e = Config::load(&sources).unwrap_err();
     assert_eq!(
         e.problems[0].to_string(),
@@ -159,7 +210,10 @@ fn config_dir_files_are_sorted_after_files() {
     std::fs::write(dir.path().join("ignored.txt"), "junk").unwrap();
     let main = dir.path().join("main.conf.x");
     std::fs::write(&main, "[proxy]\ntls_port = 9\n").unwrap();
-    let sources = ConfigSources { files: vec![main], dirs: vec![dir.path().to_path_buf()] };
+    let sources = ConfigSources {
+        files: vec![main],
+        dirs: vec![dir.path().to_path_buf()],
+    };
     let c = Config::load(&sources).unwrap().config;
     assert_eq!(c.proxy.tls_port, 2);
     assert_eq!(c.files.len(), 3);
@@ -173,7 +227,11 @@ fn sample_loads_back_with_defaults() {
     // Every option appears, commented out.
     for (_, _, specs) in all_sections() {
         for spec in specs {
-            assert!(sample.contains(&format!("\n#{} = ", spec.name)), "{} missing", spec.name);
+            assert!(
+                sample.contains(&format!("\n#{} = ", spec.name)),
+                "{} missing",
+                spec.name
+            );
             assert!(!spec.help.trim().is_empty(), "{} has no help", spec.name);
         }
     }
@@ -181,7 +239,10 @@ fn sample_loads_back_with_defaults() {
 
 #[test]
 fn committed_sample_matches_the_declarations() {
-    let committed = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/kerbside/kerbside.conf.sample");
+    let committed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../etc/kerbside/kerbside.conf.sample"
+    );
     let text = std::fs::read_to_string(committed).unwrap_or_default();
     assert!(
         text == sample::render(),

@@ -75,9 +75,7 @@ impl OptValue for bool {
         match raw.to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "1" => Ok(true),
             "false" | "no" | "off" | "0" => Ok(false),
-            _ => Err(format!(
-                "invalid boolean '{raw}': expected true or false"
-            )),
+            _ => Err(format!("invalid boolean '{raw}': expected true or false")),
         }
     }
 }
@@ -106,8 +104,9 @@ int_value!(u64, "integer value");
 impl OptValue for IpAddr {
     const KIND: &'static str = "IP address value";
     fn parse(raw: &str) -> Result<Self, String> {
-        raw.parse()
-            .map_err(|_| format!("invalid IP address '{raw}': expected e.g. 0.0.0.0, :: or 192.0.2.10"))
+        raw.parse().map_err(|_| {
+            format!("invalid IP address '{raw}': expected e.g. 0.0.0.0, :: or 192.0.2.10")
+        })
     }
 }
 
@@ -146,7 +145,9 @@ impl OptValue for Secret {
     const SECRET: bool = true;
     fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() {
-            return Err("an empty secret is not allowed: remove the option or set a value".to_owned());
+            return Err(
+                "an empty secret is not allowed: remove the option or set a value".to_owned(),
+            );
         }
         Ok(Secret::from(raw))
     }

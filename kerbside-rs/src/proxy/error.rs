@@ -168,6 +168,8 @@ impl ProxyError {
     pub fn link_error(&self) -> LinkError {
         match self {
             ProxyError::ClientProtocol(e) => e.link_error(),
+            // spice-server's answer for a connection id it does not know.
+            ProxyError::Denied(DenyReason::UnknownSession) => LinkError::BadConnectionId,
             ProxyError::Denied(_) => LinkError::PermissionDenied,
             ProxyError::UnsupportedAuth(_) => LinkError::InvalidData,
             // Pass the hypervisor's verdict through (expired ticket, missing channel...).

@@ -35,7 +35,10 @@ impl KeyPool {
                 .name(format!("kerbside-keygen-{n}"))
                 .spawn(move || generate_keys(&tx, &stopped))?;
         }
-        Ok(KeyPool { keys: Arc::new(Mutex::new(rx)), stopped })
+        Ok(KeyPool {
+            keys: Arc::new(Mutex::new(rx)),
+            stopped,
+        })
     }
 
     /// Takes a fresh key, waiting for one if the pool is empty.
@@ -46,7 +49,12 @@ impl KeyPool {
     /// # Cancel safety
     /// Cancel safe: a key is only removed from the queue when this returns it.
     pub async fn take(&self) -> Result<TicketKey, &'static str> {
-        self.keys.lock().await.recv().await.ok_or("the RSA key generators have stopped")
+        self.keys
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or("the RSA key generators have stopped")
     }
 
     /// Number of keys ready now.

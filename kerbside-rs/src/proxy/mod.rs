@@ -29,7 +29,7 @@ use crate::config::{Config, HypervisorTls};
 use crate::db::Db;
 use crate::metrics::{Metrics, ProxyMetrics};
 use crate::shutdown::Shutdown;
-use crate::spice::{ChannelType, SpiceError, encode_link_error, parse_link_message, LinkError};
+use crate::spice::{ChannelType, LinkError, SpiceError, encode_link_error, parse_link_message};
 use error::{DenyReason, ProxyError};
 use registry::{LocalSession, Registry};
 use store::{Authorized, ConsoleTarget, Store};
@@ -98,8 +98,11 @@ pub async fn start(
         None => None,
     };
     let pool_size = usize::try_from(config.proxy.key_pool_size).unwrap_or(32);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-    let keys = keypool::KeyPool::start(pool_size, threads).map_err(|e| format!("cannot start RSA key threads: {e}"))?;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    let keys = keypool::KeyPool::start(pool_size, threads)
+        .map_err(|e| format!("cannot start RSA key threads: {e}"))?;
     let node = config.node_name();
     let ctx = Arc::new(ProxyContext {
         node: node.clone(),
@@ -107,7 +110,9 @@ pub async fn start(
         keys,
         tls: TlsAcceptor::from(server_config),
         registry: Registry::default(),
-        session_slots: Arc::new(Semaphore::new(usize::try_from(config.proxy.max_sessions).unwrap_or(1000))),
+        session_slots: Arc::new(Semaphore::new(
+            usize::try_from(config.proxy.max_sessions).unwrap_or(1000),
+        )),
         metrics,
         shutdown: shutdown.clone(),
         default_hypervisor_ca,
@@ -116,13 +121,23 @@ pub async fn start(
     });
     match ctx.store.end_orphaned_sessions().await {
         Ok(0) => {}
-        Ok(n) => tracing::warn!(sessions = n, "ended sessions left open by an earlier run of this node"),
+        Ok(n) => tracing::warn!(
+            sessions = n,
+            "ended sessions left open by an earlier run of this node"
+        ),
         Err(e) => return Err(format!("cannot reach the database: {e}")),
     }
     let max_connections = usize::try_from(config.proxy.max_connections).unwrap_or(10_000);
-    let mut handle = ProxyHandle { tls_addrs: Vec::new(), insecure_addrs: Vec::new(), context: ctx.clone() };
+    let mut handle = ProxyHandle {
+        tls_addrs: Vec::new(),
+        insecure_addrs: Vec::new(),
+        context: ctx.clone(),
+    };
     for host in &config.proxy.bind_host {
-        for (port, secure) in [(config.proxy.tls_port, true), (config.proxy.insecure_port, false)] {
+        for (port, secure) in [
+            (config.proxy.tls_port, true),
+            (config.proxy.insecure_port, false),
+        ] {
             let addr = SocketAddr::new(*host, port);
             let listener = bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
@@ -132,7 +147,9 @@ pub async fn start(
                 handle.insecure_addrs.push(local);
             }
             let slots = Arc::new(Semaphore::new(max_connections));
-            shutdown.tracker().spawn(accept_loop(ctx.clone(), listener, secure, slots));
+            shutdown
+                .tracker()
+                .spawn(accept_loop(ctx.clone(), listener, secure, slots));
             tracing::info!(address = %local, tls = secure, "SPICE listener ready");
         }
     }
@@ -155,7 +172,12 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-async fn accept_loop(ctx: Arc<ProxyContext>, listener: TcpListener, secure: bool, slots: Arc<Semaphore>) {
+async fn accept_loop(
+    ctx: Arc<ProxyContext>,
+    listener: TcpListener,
+    secure: bool,
+    slots: Arc<Semaphore>,
+) {
     let label = if secure { "tls" } else { "insecure" };
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -180,7 +202,11 @@ async fn accept_loop(ctx: Arc<ProxyContext>, listener: TcpListener, secure: bool
             tracing::warn!(client.addr = %peer, "connection limit reached: closing");
             continue;
         };
-        ctx.metrics.proxy.connections.with_label_values(&[label]).inc();
+        ctx.metrics
+            .proxy
+            .connections
+            .with_label_values(&[label])
+            .inc();
         let ctx2 = ctx.clone();
         ctx.shutdown.tracker().spawn(async move {
             let _permit: OwnedSemaphorePermit = permit;
@@ -205,7 +231,8 @@ async fn serve_insecure(ctx: &ProxyContext, mut tcp: TcpStream, peer: SocketAddr
                 Err(SpiceError::Incomplete { needed }) => {
                     let start = buf.len();
                     buf.resize(start + needed, 0);
-                    tcp.read_exact(buf.get_mut(start..).unwrap_or_default()).await?;
+                    tcp.read_exact(buf.get_mut(start..).unwrap_or_default())
+                        .await?;
                 }
                 Err(e) => return Ok(e.link_error()),
             }
@@ -252,7 +279,9 @@ async fn termination_loop(ctx: Arc<ProxyContext>) {
                     failing = false;
                 }
                 for request in requests {
-                    let Some(session) = ctx.registry.get(&request.session_id) else { continue };
+                    let Some(session) = ctx.registry.get(&request.session_id) else {
+                        continue;
+                    };
                     tracing::info!(session.id = %session.id, reason = %request.reason, "terminating session");
                     ctx.metrics.proxy.terminations.inc();
                     session.end(&format!("terminated: {}", request.reason));
@@ -284,20 +313,38 @@ impl ProxyContext {
     /// # Errors
     /// When the policy and the console's ports, CA or host subject do not allow a connection.
     pub fn target(&self, console: &ConsoleTarget) -> Result<Target, ProxyError> {
-        let unusable = |reason: &str| ProxyError::ConsoleUnusable { console: console.uuid.clone(), reason: reason.to_owned() };
+        let unusable = |reason: &str| ProxyError::ConsoleUnusable {
+            console: console.uuid.clone(),
+            reason: reason.to_owned(),
+        };
         let policy = self.config.proxy.hypervisor_tls;
         let ca_pem = console.ca_pem.clone();
         let have_ca = ca_pem.is_some() || self.default_hypervisor_ca.is_some();
         let tls = match (policy, console.tls_port) {
             (HypervisorTls::Never, _) => None,
-            (_, Some(port)) if have_ca => Some((port, self.client_config(ca_pem.as_deref(), console.host_subject.as_deref())?)),
-            (HypervisorTls::Require, Some(_)) => return Err(unusable("TLS is required but no CA is configured for its hypervisor")),
-            (HypervisorTls::Require, None) => return Err(unusable("TLS is required but the console has no TLS port")),
+            (_, Some(port)) if have_ca => Some((
+                port,
+                self.client_config(ca_pem.as_deref(), console.host_subject.as_deref())?,
+            )),
+            (HypervisorTls::Require, Some(_)) => {
+                return Err(unusable(
+                    "TLS is required but no CA is configured for its hypervisor",
+                ));
+            }
+            (HypervisorTls::Require, None) => {
+                return Err(unusable("TLS is required but the console has no TLS port"));
+            }
             (HypervisorTls::Auto, _) => None,
         };
-        let plain_port = if policy == HypervisorTls::Require { None } else { console.plain_port };
+        let plain_port = if policy == HypervisorTls::Require {
+            None
+        } else {
+            console.plain_port
+        };
         if tls.is_none() && plain_port.is_none() {
-            return Err(unusable("no usable port: it has only a TLS port and no CA is configured for its hypervisor"));
+            return Err(unusable(
+                "no usable port: it has only a TLS port and no CA is configured for its hypervisor",
+            ));
         }
         Ok(Target {
             host: console.host.clone(),
@@ -308,17 +355,33 @@ impl ProxyContext {
         })
     }
 
-    fn client_config(&self, ca_pem: Option<&str>, subject: Option<&str>) -> Result<Arc<ClientConfig>, ProxyError> {
-        let key = (ca_pem.unwrap_or_default().to_owned(), subject.unwrap_or_default().to_owned());
-        if let Some(config) = self.client_configs.lock().ok().and_then(|m| m.get(&key).cloned()) {
+    fn client_config(
+        &self,
+        ca_pem: Option<&str>,
+        subject: Option<&str>,
+    ) -> Result<Arc<ClientConfig>, ProxyError> {
+        let key = (
+            ca_pem.unwrap_or_default().to_owned(),
+            subject.unwrap_or_default().to_owned(),
+        );
+        if let Some(config) = self
+            .client_configs
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
             return Ok(config);
         }
-        let internal = |e: String| ProxyError::Internal(format!("hypervisor TLS configuration: {e}"));
+        let internal =
+            |e: String| ProxyError::Internal(format!("hypervisor TLS configuration: {e}"));
         let ca = match ca_pem {
             Some(pem) => crate::tlsutil::parse_certs(pem).map_err(internal)?,
             None => self.default_hypervisor_ca.clone().unwrap_or_default(),
         };
-        let subject = subject.map(crate::tlsutil::parse_host_subject).transpose().map_err(internal)?;
+        let subject = subject
+            .map(crate::tlsutil::parse_host_subject)
+            .transpose()
+            .map_err(internal)?;
         let config = tls::hypervisor_client_config(&ca, subject).map_err(internal)?;
         if let Ok(mut map) = self.client_configs.lock() {
             map.insert(key, config.clone());
@@ -330,12 +393,32 @@ impl ProxyContext {
     ///
     /// # Errors
     /// Database failures, or a token bound to another client in the meantime.
-    pub async fn start_session(&self, authorized: &Authorized, client_ip: &str, slot: OwnedSemaphorePermit) -> Result<Arc<LocalSession>, ProxyError> {
+    pub async fn start_session(
+        &self,
+        authorized: &Authorized,
+        client_ip: &str,
+        slot: OwnedSemaphorePermit,
+    ) -> Result<Arc<LocalSession>, ProxyError> {
         let row = self.store.start_session(authorized, client_ip).await?;
         self.metrics.proxy.auth_ok();
         self.metrics.proxy.sessions_active.inc();
-        let session = self.registry.insert(LocalSession::new(row.id, authorized.console.console_id, Some(authorized.token_id), row.proxy_connection_id, None, Some(slot)));
-        self.store.audit(&self.shutdown, store::AuditEvent::session(&session, authorized.console.console_id, "session.created", format!("session created for client {client_ip}")));
+        let session = self.registry.insert(LocalSession::new(
+            row.id,
+            authorized.console.console_id,
+            Some(authorized.token_id),
+            row.proxy_connection_id,
+            None,
+            Some(slot),
+        ));
+        self.store.audit(
+            &self.shutdown,
+            store::AuditEvent::session(
+                &session,
+                authorized.console.console_id,
+                "session.created",
+                format!("session created for client {client_ip}"),
+            ),
+        );
         Ok(session)
     }
 
@@ -347,17 +430,45 @@ impl ProxyContext {
         if let Some(session) = self.registry.by_connection_id(connection_id) {
             return Ok(session);
         }
-        let info = self.store.find_live_session(connection_id).await?.ok_or(ProxyError::Denied(DenyReason::UnknownSession))?;
-        Ok(self.registry.insert(LocalSession::new(info.id, info.console_id, info.token_id, connection_id, info.upstream_session_id, None)))
+        let info = self
+            .store
+            .find_live_session(connection_id)
+            .await?
+            .ok_or(ProxyError::Denied(DenyReason::UnknownSession))?;
+        Ok(self.registry.insert(LocalSession::new(
+            info.id,
+            info.console_id,
+            info.token_id,
+            connection_id,
+            info.upstream_session_id,
+            None,
+        )))
     }
 
     /// Records a channel row.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn start_channel(&self, session: &LocalSession, channel: ChannelType, channel_id: u8, client_ip: &str) -> Result<i64, ProxyError> {
-        let id = self.store.start_channel(&session.id, channel, channel_id, client_ip).await?;
-        self.store.audit(&self.shutdown, store::AuditEvent::session(session, session.console_id, "channel.created", format!("{} channel {channel_id} linked", channel.name())));
+    pub async fn start_channel(
+        &self,
+        session: &LocalSession,
+        channel: ChannelType,
+        channel_id: u8,
+        client_ip: &str,
+    ) -> Result<i64, ProxyError> {
+        let id = self
+            .store
+            .start_channel(&session.id, channel, channel_id, client_ip)
+            .await?;
+        self.store.audit(
+            &self.shutdown,
+            store::AuditEvent::session(
+                session,
+                session.console_id,
+                "channel.created",
+                format!("{} channel {channel_id} linked", channel.name()),
+            ),
+        );
         Ok(id)
     }
 
@@ -365,14 +476,30 @@ impl ProxyContext {
     ///
     /// # Errors
     /// Database failures: the channel then ends, since other channels could not be routed.
-    pub async fn record_upstream_session(&self, session: &LocalSession, upstream_id: u32) -> Result<(), ProxyError> {
+    pub async fn record_upstream_session(
+        &self,
+        session: &LocalSession,
+        upstream_id: u32,
+    ) -> Result<(), ProxyError> {
         session.set_upstream_session_id(upstream_id);
-        self.store.set_upstream_session(&session.id, upstream_id).await
+        self.store
+            .set_upstream_session(&session.id, upstream_id)
+            .await
     }
 
     /// Records a channel's end.
-    pub async fn end_channel(&self, session: &LocalSession, channel_row: i64, to_client: u64, to_server: u64) {
-        if let Err(e) = self.store.end_channel(channel_row, to_client, to_server).await {
+    pub async fn end_channel(
+        &self,
+        session: &LocalSession,
+        channel_row: i64,
+        to_client: u64,
+        to_server: u64,
+    ) {
+        if let Err(e) = self
+            .store
+            .end_channel(channel_row, to_client, to_server)
+            .await
+        {
             tracing::warn!(error = %e, "cannot record the end of a channel");
         }
         if session.channel_ended() == 0 && !session.holds_main {
@@ -385,21 +512,38 @@ impl ProxyContext {
         let (to_client, to_server) = session.totals();
         self.metrics.proxy.sessions_active.dec();
         self.registry.remove(&session.id);
-        if let Err(e) = self.store.end_session(&session.id, reason, to_client, to_server).await {
+        if let Err(e) = self
+            .store
+            .end_session(&session.id, reason, to_client, to_server)
+            .await
+        {
             tracing::warn!(error = %e, "cannot record the end of a session");
         }
         self.store.audit(&self.shutdown, store::AuditEvent::session(session, session.console_id, "session.ended", format!("session ended: {reason}; {to_client} bytes to client, {to_server} bytes to hypervisor")));
-        tracing::info!(bytes_to_client = to_client, bytes_to_server = to_server, reason, "session ended");
+        tracing::info!(
+            bytes_to_client = to_client,
+            bytes_to_server = to_server,
+            reason,
+            "session ended"
+        );
     }
 
     /// Audits a failed hypervisor connection.
-    pub fn audit_hypervisor_failure(&self, console: &ConsoleTarget, session: Option<&str>, error: &ProxyError) {
-        self.store.audit(&self.shutdown, store::AuditEvent {
-            console_id: Some(console.console_id),
-            session_id: session.map(str::to_owned),
-            channel_id: None,
-            event_type: "hypervisor.failed",
-            message: error.to_string(),
-        });
+    pub fn audit_hypervisor_failure(
+        &self,
+        console: &ConsoleTarget,
+        session: Option<&str>,
+        error: &ProxyError,
+    ) {
+        self.store.audit(
+            &self.shutdown,
+            store::AuditEvent {
+                console_id: Some(console.console_id),
+                session_id: session.map(str::to_owned),
+                channel_id: None,
+                event_type: "hypervisor.failed",
+                message: error.to_string(),
+            },
+        );
     }
 }

@@ -86,7 +86,9 @@ impl LocalSession {
 
     /// Marks one channel as ended; returns how many remain.
     pub fn channel_ended(&self) -> usize {
-        self.channels.fetch_sub(1, Ordering::AcqRel).saturating_sub(1)
+        self.channels
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1)
     }
 
     /// (to client, to hypervisor) bytes of every channel this process relayed.
@@ -137,7 +139,9 @@ impl Registry {
             return existing.clone();
         }
         let session = Arc::new(session);
-        inner.by_connection.insert(session.proxy_connection_id, session.id.clone());
+        inner
+            .by_connection
+            .insert(session.proxy_connection_id, session.id.clone());
         inner.by_id.insert(session.id.clone(), session.clone());
         session
     }
@@ -165,7 +169,10 @@ impl Registry {
 
     /// Every session, for shutdown and termination checks.
     pub fn all(&self) -> Vec<Arc<LocalSession>> {
-        self.inner.lock().map(|i| i.by_id.values().cloned().collect()).unwrap_or_default()
+        self.inner
+            .lock()
+            .map(|i| i.by_id.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Number of sessions.

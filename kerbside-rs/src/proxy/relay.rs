@@ -91,12 +91,17 @@ impl Meter {
     /// Time since either side last sent anything.
     pub fn idle_for(&self) -> Duration {
         let now = self.started.elapsed();
-        now.saturating_sub(Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed)))
+        now.saturating_sub(Duration::from_millis(
+            self.last_activity_ms.load(Ordering::Relaxed),
+        ))
     }
 
     /// (to client, to hypervisor) byte totals.
     pub fn totals(&self) -> (u64, u64) {
-        (self.to_client.load(Ordering::Relaxed), self.to_server.load(Ordering::Relaxed))
+        (
+            self.to_client.load(Ordering::Relaxed),
+            self.to_server.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -137,7 +142,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -176,9 +185,22 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
 {
     meter.touch();
-    let mut client = Metered { inner: client, meter: &meter, direction: Direction::ToServer };
-    let mut upstream = Metered { inner: upstream, meter: &meter, direction: Direction::ToClient };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUFFER, RELAY_BUFFER);
+    let mut client = Metered {
+        inner: client,
+        meter: &meter,
+        direction: Direction::ToServer,
+    };
+    let mut upstream = Metered {
+        inner: upstream,
+        meter: &meter,
+        direction: Direction::ToClient,
+    };
+    let copy = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut upstream,
+        RELAY_BUFFER,
+        RELAY_BUFFER,
+    );
     tokio::select! {
         result = copy => match result {
             Ok(_) => RelayEnd::Closed(Side::Client),
@@ -192,11 +214,17 @@ where
 /// A callback run when the hypervisor's `MAIN_INIT` arrives, with its session id, before the
 /// rewritten message reaches the client (so other channels can be routed as soon as the
 /// client learns the id).
-pub type MainInitHook<'a> =
-    Box<dyn FnOnce(u32) -> Pin<Box<dyn Future<Output = Result<(), ProxyError>> + Send + 'a>> + Send + 'a>;
+pub type MainInitHook<'a> = Box<
+    dyn FnOnce(u32) -> Pin<Box<dyn Future<Output = Result<(), ProxyError>> + Send + 'a>>
+        + Send
+        + 'a,
+>;
 
 /// Relays the main channel with the framing described in the module documentation.
-#[expect(clippy::too_many_arguments, reason = "the relay needs each of these and nothing else")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the relay needs each of these and nothing else"
+)]
 pub async fn relay_main<C, U>(
     client: C,
     upstream: U,
@@ -218,7 +246,15 @@ where
     // Messages the proxy sends the hypervisor on the client's behalf.
     let (inject_tx, inject_rx) = mpsc::channel::<Vec<u8>>(8);
 
-    let down = server_to_client(&mut up_rd, &mut client_wr, framer, proxy_connection_id, on_init, inject_tx, &meter);
+    let down = server_to_client(
+        &mut up_rd,
+        &mut client_wr,
+        framer,
+        proxy_connection_id,
+        on_init,
+        inject_tx,
+        &meter,
+    );
     let up = client_to_server(&mut client_rd, &mut up_wr, framer, inject_rx, &meter);
     tokio::select! {
         end = down => end,
@@ -251,13 +287,23 @@ where
                 return RelayEnd::Closed(Side::Server);
             }
             Ok(n) => meter.add(Direction::ToClient, n),
-            Err(e) => return RelayEnd::Failed(ProxyError::HypervisorProtocol { addr: String::new(), reason: format!("read failed: {e}") }),
+            Err(e) => {
+                return RelayEnd::Failed(ProxyError::HypervisorProtocol {
+                    addr: String::new(),
+                    reason: format!("read failed: {e}"),
+                });
+            }
         }
         let mut frames = framer.frames(&buf);
         for frame in frames.by_ref() {
             let frame = match frame {
                 Ok(frame) => frame,
-                Err(error) => return RelayEnd::Failed(ProxyError::Framing { side: Side::Server, error }),
+                Err(error) => {
+                    return RelayEnd::Failed(ProxyError::Framing {
+                        side: Side::Server,
+                        error,
+                    });
+                }
             };
             let msg_type = frame.header.msg_type;
             if msg_type == MSG_MAIN_INIT && on_init.is_some() {
@@ -277,12 +323,19 @@ where
                 // Never let a client learn (or be sent to) a hypervisor address. The client's
                 // migration state machine never starts, so the address-free follow-ups are
                 // replaced too.
-                tracing::warn!(msg_type, "hypervisor sent a migration message: not forwarded to the client");
+                tracing::warn!(
+                    msg_type,
+                    "hypervisor sent a migration message: not forwarded to the client"
+                );
                 out.extend_from_slice(&noop_message(framer.kind, frame.header.serial));
-                if matches!(msg_type, MSG_MAIN_MIGRATE_BEGIN | MSG_MAIN_MIGRATE_BEGIN_SEAMLESS) {
+                if matches!(
+                    msg_type,
+                    MSG_MAIN_MIGRATE_BEGIN | MSG_MAIN_MIGRATE_BEGIN_SEAMLESS
+                ) {
                     // The hypervisor waits up to 10 s for an answer: say now that the client
                     // cannot follow.
-                    let reply = encode_client_message(framer.kind, 0, MSGC_MAIN_MIGRATE_CONNECT_ERROR, &[]);
+                    let reply =
+                        encode_client_message(framer.kind, 0, MSGC_MAIN_MIGRATE_CONNECT_ERROR, &[]);
                     let _ = inject.try_send(reply);
                 }
                 continue;

@@ -29,12 +29,12 @@ use super::relay::{self, Meter, RelayEnd};
 use super::store::{Authorized, ConsoleTarget};
 use super::upstream::{self, Linked};
 use crate::spice::consts::{
-    COMMON_CAP_AUTH_SELECTION, COMMON_CAP_AUTH_SPICE, COMMON_CAP_MINI_HEADER, MAIN_CAP_AGENT_CONNECTED_TOKENS,
-    MAIN_CAP_NAME_AND_UUID, AUTH_SPICE, TICKET_LEN,
+    AUTH_SPICE, COMMON_CAP_AUTH_SELECTION, COMMON_CAP_AUTH_SPICE, COMMON_CAP_MINI_HEADER,
+    MAIN_CAP_AGENT_CONNECTED_TOKENS, MAIN_CAP_NAME_AND_UUID, TICKET_LEN,
 };
 use crate::spice::{
-    Caps, ChannelType, HeaderKind, LinkError, LinkMessage, LinkReply, SpiceError, encode_link_error,
-    encode_link_result, parse_link_message,
+    Caps, ChannelType, HeaderKind, LinkError, LinkMessage, LinkReply, SpiceError,
+    encode_link_error, encode_link_result, parse_link_message,
 };
 
 /// Where the link stage is, which decides how a failure is reported to the client.
@@ -61,14 +61,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientLink<S> {
         loop {
             match parse_link_message(&buf) {
                 Ok((message, _)) => return Ok(message),
-                Err(SpiceError::Incomplete { needed }) => read_more(&mut self.stream, &mut buf, needed).await?,
+                Err(SpiceError::Incomplete { needed }) => {
+                    read_more(&mut self.stream, &mut buf, needed).await?
+                }
                 Err(e) => return Err(ProxyError::ClientProtocol(e)),
             }
         }
     }
 
     async fn send_reply(&mut self, reply: &LinkReply) -> Result<(), ProxyError> {
-        self.stream.write_all(&reply.encode()).await.map_err(ProxyError::ClientIo)?;
+        self.stream
+            .write_all(&reply.encode())
+            .await
+            .map_err(ProxyError::ClientIo)?;
         self.stream.flush().await.map_err(ProxyError::ClientIo)?;
         self.state = LinkState::AwaitingTicket;
         Ok(())
@@ -79,21 +84,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientLink<S> {
     async fn read_ticket(&mut self, client_caps: &Caps) -> Result<[u8; TICKET_LEN], ProxyError> {
         if client_caps.has_common(COMMON_CAP_AUTH_SELECTION) {
             let mut word = [0u8; 4];
-            self.stream.read_exact(&mut word).await.map_err(ProxyError::ClientIo)?;
+            self.stream
+                .read_exact(&mut word)
+                .await
+                .map_err(ProxyError::ClientIo)?;
             let mechanism = u32::from_le_bytes(word);
             if mechanism != AUTH_SPICE {
                 return Err(ProxyError::UnsupportedAuth(mechanism));
             }
         }
         let mut ticket = [0u8; TICKET_LEN];
-        self.stream.read_exact(&mut ticket).await.map_err(ProxyError::ClientIo)?;
+        self.stream
+            .read_exact(&mut ticket)
+            .await
+            .map_err(ProxyError::ClientIo)?;
         Ok(ticket)
     }
 
     /// Sends OK in a TLS record of its own: the flush pushes the record out before the caller
     /// writes anything else.
     async fn send_ok(&mut self) -> Result<(), ProxyError> {
-        self.stream.write_all(&encode_link_result(LinkError::Ok)).await.map_err(ProxyError::ClientIo)?;
+        self.stream
+            .write_all(&encode_link_result(LinkError::Ok))
+            .await
+            .map_err(ProxyError::ClientIo)?;
         self.stream.flush().await.map_err(ProxyError::ClientIo)?;
         self.state = LinkState::Linked;
         Ok(())
@@ -119,11 +133,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientLink<S> {
     }
 }
 
-async fn read_more<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut Vec<u8>, needed: usize) -> Result<(), ProxyError> {
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    needed: usize,
+) -> Result<(), ProxyError> {
     let start = buf.len();
     buf.resize(start + needed, 0);
     let slot = buf.get_mut(start..).unwrap_or_default();
-    stream.read_exact(slot).await.map_err(ProxyError::ClientIo)?;
+    stream
+        .read_exact(slot)
+        .await
+        .map_err(ProxyError::ClientIo)?;
     Ok(())
 }
 
@@ -160,7 +181,11 @@ pub async fn serve_tls(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr)
                 return;
             }
         };
-        let mut client = ClientLink { stream: tls, state: LinkState::AwaitingLinkMessage, peer };
+        let mut client = ClientLink {
+            stream: tls,
+            state: LinkState::AwaitingLinkMessage,
+            peer,
+        };
         let linked = tokio::time::timeout(timeout, link_stage(&ctx, &mut client)).await;
         let ready = match linked {
             Ok(Ok(ready)) => ready,
@@ -176,7 +201,9 @@ pub async fn serve_tls(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr)
                 return;
             }
         };
-        ctx.metrics().handshake_seconds.observe(started.elapsed().as_secs_f64());
+        ctx.metrics()
+            .handshake_seconds
+            .observe(started.elapsed().as_secs_f64());
         run_channel(&ctx, client.stream, ready).await;
     }
     .instrument(span)
@@ -190,7 +217,10 @@ async fn report_link_failure(ctx: &ProxyContext, error: &ProxyError) {
             ctx.metrics().auth_denied(reason.as_str());
             tracing::info!(reason = reason.as_str(), "client denied");
         }
-        ProxyError::ClientIo(_) | ProxyError::ClientProtocol(_) | ProxyError::HandshakeTimeout(_) | ProxyError::UnsupportedAuth(_) => {
+        ProxyError::ClientIo(_)
+        | ProxyError::ClientProtocol(_)
+        | ProxyError::HandshakeTimeout(_)
+        | ProxyError::UnsupportedAuth(_) => {
             tracing::info!(error = %error, "client link failed");
         }
         _ => tracing::warn!(error = %error, side = error.side().as_str(), "link failed"),
@@ -215,7 +245,10 @@ pub struct Ready {
     is_main: bool,
 }
 
-async fn link_stage<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Arc<ProxyContext>, client: &mut ClientLink<S>) -> Result<Ready, ProxyError> {
+async fn link_stage<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Arc<ProxyContext>,
+    client: &mut ClientLink<S>,
+) -> Result<Ready, ProxyError> {
     let message = client.read_link_message().await?;
     let channel = message.channel_type;
     tracing::Span::current().record("channel.kind", channel.name());
@@ -235,13 +268,29 @@ async fn authorize<S: AsyncRead + AsyncWrite + Unpin>(
     reply_caps: Caps,
     client_caps: &Caps,
 ) -> Result<Authorized, ProxyError> {
-    let key = ctx.keys.take().await.map_err(|e| ProxyError::Internal(e.to_owned()))?;
-    let reply = LinkReply { error: LinkError::Ok, pub_key: *key.public_der(), caps: reply_caps };
+    let key = ctx
+        .keys
+        .take()
+        .await
+        .map_err(|e| ProxyError::Internal(e.to_owned()))?;
+    let reply = LinkReply {
+        error: LinkError::Ok,
+        pub_key: *key.public_der(),
+        caps: reply_caps,
+    };
     client.send_reply(&reply).await?;
     let ciphertext = client.read_ticket(client_caps).await?;
-    let ticket = key.decrypt_ticket(&ciphertext).map_err(|_| ProxyError::Denied(DenyReason::BadTicket))?;
-    let token = ticket.as_str().ok_or(ProxyError::Denied(DenyReason::BadTicket))?;
-    let authorized = ctx.store.authorize(token).await?.map_err(ProxyError::Denied)?;
+    let ticket = key
+        .decrypt_ticket(&ciphertext)
+        .map_err(|_| ProxyError::Denied(DenyReason::BadTicket))?;
+    let token = ticket
+        .as_str()
+        .ok_or(ProxyError::Denied(DenyReason::BadTicket))?;
+    let authorized = ctx
+        .store
+        .authorize(token)
+        .await?
+        .map_err(ProxyError::Denied)?;
     if authorized.console.stale {
         return Err(ProxyError::Denied(DenyReason::StaleConsole));
     }
@@ -274,7 +323,8 @@ async fn link_main<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let target = ctx.target(&authorized.console)?;
     // A non-zero connection id would make the hypervisor treat this as a migration target.
-    let upstream_message = LinkMessage::new(0, ChannelType::Main, message.channel_id, upstream_caps);
+    let upstream_message =
+        LinkMessage::new(0, ChannelType::Main, message.channel_id, upstream_caps);
     let mut linked = match upstream::link(&target, &upstream_message).await {
         Ok(linked) => linked,
         Err(e) => {
@@ -288,9 +338,19 @@ async fn link_main<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let session = ctx.start_session(&authorized, &client_ip, permit).await?;
     tracing::Span::current().record("session.id", session.id.as_str());
-    let channel_row = ctx.start_channel(&session, ChannelType::Main, message.channel_id, &client_ip).await?;
+    let channel_row = ctx
+        .start_channel(&session, ChannelType::Main, message.channel_id, &client_ip)
+        .await?;
     client.send_ok().await?;
-    Ok(Ready { upstream: linked, channel: ChannelType::Main, channel_id: message.channel_id, kind, session, channel_row, is_main: true })
+    Ok(Ready {
+        upstream: linked,
+        channel: ChannelType::Main,
+        channel_id: message.channel_id,
+        kind,
+        session,
+        channel_row,
+        is_main: true,
+    })
 }
 
 async fn link_other<S: AsyncRead + AsyncWrite + Unpin>(
@@ -305,8 +365,11 @@ async fn link_other<S: AsyncRead + AsyncWrite + Unpin>(
     tracing::Span::current().record("session.id", session.id.as_str());
     let console: ConsoleTarget = ctx.store.console_target(session.console_id).await?;
     let target = ctx.target(&console)?;
-    let upstream_id = session.upstream_session_id().ok_or(ProxyError::Denied(DenyReason::UnknownSession))?;
-    let upstream_message = LinkMessage::new(upstream_id, channel, message.channel_id, upstream_caps);
+    let upstream_id = session
+        .upstream_session_id()
+        .ok_or(ProxyError::Denied(DenyReason::UnknownSession))?;
+    let upstream_message =
+        LinkMessage::new(upstream_id, channel, message.channel_id, upstream_caps);
     let mut linked = match upstream::link(&target, &upstream_message).await {
         Ok(linked) => linked,
         Err(e) => {
@@ -323,14 +386,31 @@ async fn link_other<S: AsyncRead + AsyncWrite + Unpin>(
     if Some(authorized.token_id) != session.token_id {
         return Err(ProxyError::Denied(DenyReason::WrongSession));
     }
+    let client_ip = client.peer.ip().to_string();
+    if authorized
+        .bound_address
+        .as_deref()
+        .is_some_and(|bound| bound != client_ip)
+    {
+        return Err(ProxyError::Denied(DenyReason::BoundElsewhere));
+    }
     if let Err(e) = upstream::authenticate(&mut linked, &target).await {
         ctx.audit_hypervisor_failure(&console, Some(&session.id), &e);
         return Err(e);
     }
-    let client_ip = client.peer.ip().to_string();
-    let channel_row = ctx.start_channel(&session, channel, message.channel_id, &client_ip).await?;
+    let channel_row = ctx
+        .start_channel(&session, channel, message.channel_id, &client_ip)
+        .await?;
     client.send_ok().await?;
-    Ok(Ready { upstream: linked, channel, channel_id: message.channel_id, kind, session, channel_row, is_main: false })
+    Ok(Ready {
+        upstream: linked,
+        channel,
+        channel_id: message.channel_id,
+        kind,
+        session,
+        channel_row,
+        is_main: false,
+    })
 }
 
 /// Relays a linked channel until it ends, then records how it ended.
@@ -338,7 +418,15 @@ async fn run_channel<S>(ctx: &Arc<ProxyContext>, client: S, ready: Ready)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let Ready { upstream, channel, channel_id, kind, session, channel_row, is_main } = ready;
+    let Ready {
+        upstream,
+        channel,
+        channel_id,
+        kind,
+        session,
+        channel_row,
+        is_main,
+    } = ready;
     let meter = Arc::new(Meter::new(ctx.metrics().byte_counters(channel)));
     session.add_meter(meter.clone());
     ctx.metrics().channel_opened(channel);
@@ -349,9 +437,23 @@ where
         let hook_ctx = ctx.clone();
         let hook_session = session.clone();
         let hook: relay::MainInitHook<'_> = Box::new(move |upstream_id| {
-            Box::pin(async move { hook_ctx.record_upstream_session(&hook_session, upstream_id).await })
+            Box::pin(async move {
+                hook_ctx
+                    .record_upstream_session(&hook_session, upstream_id)
+                    .await
+            })
         });
-        relay::relay_main(client, upstream.stream, kind, session.proxy_connection_id, hook, meter.clone(), idle, cancel).await
+        relay::relay_main(
+            client,
+            upstream.stream,
+            kind,
+            session.proxy_connection_id,
+            hook,
+            meter.clone(),
+            idle,
+            cancel,
+        )
+        .await
     } else {
         relay::relay_opaque(client, upstream.stream, meter.clone(), idle, cancel).await
     };
@@ -360,11 +462,14 @@ where
     let reason = match &end {
         RelayEnd::Closed(side) => format!("{} closed the connection", side.as_str()),
         RelayEnd::Idle => "idle timeout".to_owned(),
-        RelayEnd::Cancelled => session.end_reason().unwrap_or_else(|| "proxy shutting down".to_owned()),
+        RelayEnd::Cancelled => session
+            .end_reason()
+            .unwrap_or_else(|| "proxy shutting down".to_owned()),
         RelayEnd::Failed(e) => e.to_string(),
     };
     tracing::info!(channel.id = channel_id, bytes_to_client = to_client, bytes_to_server = to_server, reason = %reason, "channel ended");
-    ctx.end_channel(&session, channel_row, to_client, to_server).await;
+    ctx.end_channel(&session, channel_row, to_client, to_server)
+        .await;
     if is_main {
         // The session ends with its main channel: close its other channels on this node.
         session.end(&reason);

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use super::error::{DenyReason, ProxyError};
 use super::registry::LocalSession;
 use crate::db::models::{
-    self, ConsoleId, ConsoleTokenId, NewAuditEvent, NewChannel, NewSession, SessionId, SessionTerminationId, TokenBinding,
+    self, ConsoleId, ConsoleTokenId, NewAuditEvent, NewChannel, NewSession, SessionId,
+    SessionTerminationId, TokenBinding,
 };
 use crate::db::{Db, DbError};
 use crate::shutdown::Shutdown;
@@ -47,7 +48,10 @@ pub struct ConsoleTarget {
 
 impl std::fmt::Debug for ConsoleTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsoleTarget").field("uuid", &self.uuid).field("host", &self.host).finish_non_exhaustive()
+        f.debug_struct("ConsoleTarget")
+            .field("uuid", &self.uuid)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
     }
 }
 
@@ -112,8 +116,19 @@ pub struct AuditEvent {
 
 impl AuditEvent {
     /// An event about a session.
-    pub fn session(session: &LocalSession, console_id: i64, event_type: &'static str, message: String) -> Self {
-        AuditEvent { console_id: Some(console_id), session_id: Some(session.id.clone()), channel_id: None, event_type, message }
+    pub fn session(
+        session: &LocalSession,
+        console_id: i64,
+        event_type: &'static str,
+        message: String,
+    ) -> Self {
+        AuditEvent {
+            console_id: Some(console_id),
+            session_id: Some(session.id.clone()),
+            channel_id: None,
+            event_type,
+            message,
+        }
     }
 }
 
@@ -122,7 +137,9 @@ fn db_error(e: DbError) -> ProxyError {
 }
 
 fn port(value: Option<i32>) -> Option<u16> {
-    value.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
+    value
+        .and_then(|p| u16::try_from(p).ok())
+        .filter(|p| *p != 0)
 }
 
 fn target(console: models::Console, ca_pem: Option<String>) -> ConsoleTarget {
@@ -133,7 +150,10 @@ fn target(console: models::Console, ca_pem: Option<String>) -> ConsoleTarget {
         host: console.hypervisor_ip,
         plain_port: port(console.insecure_port),
         tls_port: port(console.secure_port),
-        ticket: console.ticket.map(|t| t.expose_secret().as_bytes().to_vec()).unwrap_or_default(),
+        ticket: console
+            .ticket
+            .map(|t| t.expose_secret().as_bytes().to_vec())
+            .unwrap_or_default(),
         host_subject: console.host_subject,
         ca_pem,
         stale: console.stale,
@@ -143,14 +163,20 @@ fn target(console: models::Console, ca_pem: Option<String>) -> ConsoleTarget {
 impl Store {
     /// A store for this node.
     pub fn new(db: Db, node: String) -> Self {
-        Store { db, node: node.into() }
+        Store {
+            db,
+            node: node.into(),
+        }
     }
 
     /// Looks a token up by its hash and, when it is valid, loads its console.
     ///
     /// # Errors
     /// Database failures; an invalid token is `Ok(Err(reason))`.
-    pub async fn authorize(&self, token: &str) -> Result<Result<Authorized, DenyReason>, ProxyError> {
+    pub async fn authorize(
+        &self,
+        token: &str,
+    ) -> Result<Result<Authorized, DenyReason>, ProxyError> {
         let hash = crate::token::hash_token(token);
         self.db
             .run(move |conn| {
@@ -195,7 +221,11 @@ impl Store {
     /// # Errors
     /// `Denied(BoundElsewhere)` when another client bound the token first (the session is
     /// then ended again), `Denied(ExpiredToken)` when it expired meanwhile, database failures.
-    pub async fn start_session(&self, authorized: &Authorized, client_ip: &str) -> Result<SessionRow, ProxyError> {
+    pub async fn start_session(
+        &self,
+        authorized: &Authorized,
+        client_ip: &str,
+    ) -> Result<SessionRow, ProxyError> {
         let node = self.node.to_string();
         let console_id = authorized.console.console_id;
         let token_id = authorized.token_id;
@@ -220,7 +250,12 @@ impl Store {
                         Err(e) => return Err(e),
                     }
                 };
-                let denied = match models::bind_token(conn, ConsoleTokenId(token_id), &session.id, &client_ip)? {
+                let denied = match models::bind_token(
+                    conn,
+                    ConsoleTokenId(token_id),
+                    &session.id,
+                    &client_ip,
+                )? {
                     TokenBinding::Bound => None,
                     TokenBinding::AlreadyBound { client_address, .. } => {
                         if client_address.as_deref() == Some(client_ip.as_str()) {
@@ -236,7 +271,10 @@ impl Store {
                     return Ok(Err(reason));
                 }
                 let id = u32::try_from(session.proxy_connection_id).unwrap_or_default();
-                Ok(Ok(SessionRow { id: session.id.0, proxy_connection_id: id }))
+                Ok(Ok(SessionRow {
+                    id: session.id.0,
+                    proxy_connection_id: id,
+                }))
             })
             .await
             .map_err(db_error)?
@@ -247,15 +285,23 @@ impl Store {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn find_live_session(&self, connection_id: u32) -> Result<Option<SessionInfo>, ProxyError> {
+    pub async fn find_live_session(
+        &self,
+        connection_id: u32,
+    ) -> Result<Option<SessionInfo>, ProxyError> {
         self.db
             .run(move |conn| {
-                Ok(models::find_live_session_by_connection_id(conn, i64::from(connection_id))?.map(|s| SessionInfo {
-                    id: s.id.0,
-                    console_id: s.console_id.0,
-                    token_id: s.token_id.map(|t| t.0),
-                    upstream_session_id: s.upstream_session_id.and_then(|u| u32::try_from(u).ok()),
-                }))
+                Ok(
+                    models::find_live_session_by_connection_id(conn, i64::from(connection_id))?
+                        .map(|s| SessionInfo {
+                            id: s.id.0,
+                            console_id: s.console_id.0,
+                            token_id: s.token_id.map(|t| t.0),
+                            upstream_session_id: s
+                                .upstream_session_id
+                                .and_then(|u| u32::try_from(u).ok()),
+                        }),
+                )
             })
             .await
             .map_err(db_error)
@@ -265,16 +311,29 @@ impl Store {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn set_upstream_session(&self, session_id: &str, upstream_id: u32) -> Result<(), ProxyError> {
+    pub async fn set_upstream_session(
+        &self,
+        session_id: &str,
+        upstream_id: u32,
+    ) -> Result<(), ProxyError> {
         let id = SessionId(session_id.to_owned());
-        self.db.run(move |conn| models::set_upstream_session_id(conn, &id, i64::from(upstream_id))).await.map_err(db_error)
+        self.db
+            .run(move |conn| models::set_upstream_session_id(conn, &id, i64::from(upstream_id)))
+            .await
+            .map_err(db_error)
     }
 
     /// Records a channel; returns its row id.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn start_channel(&self, session_id: &str, channel: ChannelType, channel_id: u8, client_ip: &str) -> Result<i64, ProxyError> {
+    pub async fn start_channel(
+        &self,
+        session_id: &str,
+        channel: ChannelType,
+        channel_id: u8,
+        client_ip: &str,
+    ) -> Result<i64, ProxyError> {
         let new = NewChannel {
             session_id: SessionId(session_id.to_owned()),
             node: self.node.to_string(),
@@ -282,16 +341,27 @@ impl Store {
             channel_id: i32::from(channel_id),
             client_address: client_ip.to_owned(),
         };
-        self.db.run(move |conn| models::create_channel(conn, &new).map(|c| c.id.0)).await.map_err(db_error)
+        self.db
+            .run(move |conn| models::create_channel(conn, &new).map(|c| c.id.0))
+            .await
+            .map_err(db_error)
     }
 
     /// Records a channel's end.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn end_channel(&self, channel_row: i64, to_client: u64, to_server: u64) -> Result<(), ProxyError> {
+    pub async fn end_channel(
+        &self,
+        channel_row: i64,
+        to_client: u64,
+        to_server: u64,
+    ) -> Result<(), ProxyError> {
         self.db
-            .run(move |conn| models::end_channel(conn, models::ChannelId(channel_row), to_client, to_server).map(|_| ()))
+            .run(move |conn| {
+                models::end_channel(conn, models::ChannelId(channel_row), to_client, to_server)
+                    .map(|_| ())
+            })
             .await
             .map_err(db_error)
     }
@@ -300,11 +370,19 @@ impl Store {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn end_session(&self, session_id: &str, reason: &str, to_client: u64, to_server: u64) -> Result<(), ProxyError> {
+    pub async fn end_session(
+        &self,
+        session_id: &str,
+        reason: &str,
+        to_client: u64,
+        to_server: u64,
+    ) -> Result<(), ProxyError> {
         let id = SessionId(session_id.to_owned());
         let reason = reason.to_owned();
         self.db
-            .run(move |conn| models::end_session(conn, &id, &reason, to_client, to_server).map(|_| ()))
+            .run(move |conn| {
+                models::end_session(conn, &id, &reason, to_client, to_server).map(|_| ())
+            })
             .await
             .map_err(db_error)
     }
@@ -315,7 +393,10 @@ impl Store {
     /// Database failures.
     pub async fn end_orphaned_sessions(&self) -> Result<usize, ProxyError> {
         let node = self.node.to_string();
-        self.db.run(move |conn| models::end_sessions_on_node(conn, &node, "proxy restarted")).await.map_err(db_error)
+        self.db
+            .run(move |conn| models::end_sessions_on_node(conn, &node, "proxy restarted"))
+            .await
+            .map_err(db_error)
     }
 
     /// Unhandled termination requests of live sessions on any node.
@@ -327,7 +408,11 @@ impl Store {
             .run(|conn| {
                 Ok(models::pending_terminations(conn)?
                     .into_iter()
-                    .map(|t| Termination { id: t.id.0, session_id: t.session_id.0, reason: t.reason })
+                    .map(|t| Termination {
+                        id: t.id.0,
+                        session_id: t.session_id.0,
+                        reason: t.reason,
+                    })
                     .collect())
             })
             .await
@@ -341,7 +426,9 @@ impl Store {
     pub async fn mark_termination_handled(&self, id: i64) -> Result<(), ProxyError> {
         let node = self.node.to_string();
         self.db
-            .run(move |conn| models::mark_termination_handled(conn, SessionTerminationId(id), &node).map(|_| ()))
+            .run(move |conn| {
+                models::mark_termination_handled(conn, SessionTerminationId(id), &node).map(|_| ())
+            })
             .await
             .map_err(db_error)
     }
@@ -355,7 +442,10 @@ impl Store {
             new.console_id = event.console_id.map(ConsoleId);
             new.session_id = event.session_id.map(SessionId);
             new.channel_id = event.channel_id.map(models::ChannelId);
-            if let Err(e) = db.run(move |conn| models::record_event(conn, &new).map(|_| ())).await {
+            if let Err(e) = db
+                .run(move |conn| models::record_event(conn, &new).map(|_| ()))
+                .await
+            {
                 tracing::warn!(error = %e, "cannot record an audit event");
             }
         });

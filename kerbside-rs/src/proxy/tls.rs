@@ -7,10 +7,13 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 
 use crate::tlsutil::{self, DnEntry};
 
@@ -30,7 +33,13 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConf
     let config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("{} and {} do not form a usable TLS identity: {e}", cert_file.display(), key_file.display()))?;
+        .map_err(|e| {
+            format!(
+                "{} and {} do not form a usable TLS identity: {e}",
+                cert_file.display(),
+                key_file.display()
+            )
+        })?;
     Ok(Arc::new(config))
 }
 
@@ -46,12 +55,17 @@ pub fn hypervisor_client_config(
     install_crypto_provider();
     let mut roots = RootCertStore::empty();
     for cert in ca {
-        roots.add(cert.clone()).map_err(|e| format!("unusable CA certificate: {e}"))?;
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("unusable CA certificate: {e}"))?;
     }
     let webpki = WebPkiServerVerifier::builder(Arc::new(roots))
         .build()
         .map_err(|e| format!("cannot build a certificate verifier: {e}"))?;
-    let verifier = Arc::new(SubjectVerifier { webpki, host_subject });
+    let verifier = Arc::new(SubjectVerifier {
+        webpki,
+        host_subject,
+    });
     let config = ClientConfig::builder()
         .dangerous()
         .with_custom_certificate_verifier(verifier)
@@ -67,7 +81,9 @@ struct SubjectVerifier {
 
 impl fmt::Debug for SubjectVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SubjectVerifier").field("host_subject", &self.host_subject).finish()
+        f.debug_struct("SubjectVerifier")
+            .field("host_subject", &self.host_subject)
+            .finish()
     }
 }
 
@@ -80,7 +96,9 @@ impl ServerCertVerifier for SubjectVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let chain = self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        let chain =
+            self.webpki
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
         let Some(expected) = &self.host_subject else {
             return chain; // no subject configured: the host name must match
         };
@@ -97,9 +115,11 @@ impl ServerCertVerifier for SubjectVerifier {
         if tlsutil::subject_matches(expected, &actual) {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
-                Arc::new(SubjectMismatch(tlsutil::format_host_subject(&actual))),
-            ))))
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(SubjectMismatch(tlsutil::format_host_subject(
+                    &actual,
+                )))),
+            )))
         }
     }
 
@@ -132,7 +152,11 @@ struct SubjectMismatch(String);
 
 impl fmt::Display for SubjectMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "certificate subject '{}' is not the expected host subject", self.0)
+        write!(
+            f,
+            "certificate subject '{}' is not the expected host subject",
+            self.0
+        )
     }
 }
 

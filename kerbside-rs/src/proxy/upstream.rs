@@ -95,7 +95,10 @@ async fn link_once(
     message: &LinkMessage,
 ) -> Result<Linked, ProxyError> {
     let addr = format!("{}:{port}", target.host);
-    let unreachable = |cause: String| ProxyError::HypervisorUnreachable { addr: addr.clone(), cause };
+    let unreachable = |cause: String| ProxyError::HypervisorUnreachable {
+        addr: addr.clone(),
+        cause,
+    };
     let tcp = TcpStream::connect((target.host.as_str(), port))
         .await
         .map_err(|e| unreachable(e.to_string()))?;
@@ -107,7 +110,10 @@ async fn link_once(
             let tls = TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
-                .map_err(|e| ProxyError::HypervisorProtocol { addr: addr.clone(), reason: format!("TLS failed: {e}") })?;
+                .map_err(|e| ProxyError::HypervisorProtocol {
+                    addr: addr.clone(),
+                    reason: format!("TLS failed: {e}"),
+                })?;
             Either::Right(tls)
         }
         None => Either::Left(tcp),
@@ -121,15 +127,27 @@ async fn link_once(
         if reply.error == LinkError::NeedSecured && target.tls.is_none() {
             return Err(ProxyError::ConsoleUnusable {
                 console: addr,
-                reason: "the hypervisor requires TLS but no TLS port or CA is known for this console".to_owned(),
+                reason:
+                    "the hypervisor requires TLS but no TLS port or CA is known for this console"
+                        .to_owned(),
             });
         }
-        return Err(ProxyError::HypervisorRefused { addr, code: reply.error });
+        return Err(ProxyError::HypervisorRefused {
+            addr,
+            code: reply.error,
+        });
     }
-    Ok(Linked { stream, reply, addr })
+    Ok(Linked {
+        stream,
+        reply,
+        addr,
+    })
 }
 
-async fn read_reply<S: AsyncRead + Unpin>(stream: &mut S, addr: &str) -> Result<LinkReply, ProxyError> {
+async fn read_reply<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    addr: &str,
+) -> Result<LinkReply, ProxyError> {
     let mut buf = Vec::with_capacity(256);
     loop {
         match parse_link_reply(&buf) {
@@ -138,10 +156,13 @@ async fn read_reply<S: AsyncRead + Unpin>(stream: &mut S, addr: &str) -> Result<
                 let start = buf.len();
                 buf.resize(start + needed, 0);
                 let slot = buf.get_mut(start..).unwrap_or_default();
-                stream.read_exact(slot).await.map_err(|e| ProxyError::HypervisorProtocol {
-                    addr: addr.to_owned(),
-                    reason: format!("link reply cut short: {e}"),
-                })?;
+                stream
+                    .read_exact(slot)
+                    .await
+                    .map_err(|e| ProxyError::HypervisorProtocol {
+                        addr: addr.to_owned(),
+                        reason: format!("link reply cut short: {e}"),
+                    })?;
             }
             Err(e) => {
                 return Err(ProxyError::HypervisorProtocol {
@@ -160,12 +181,18 @@ async fn read_reply<S: AsyncRead + Unpin>(stream: &mut S, addr: &str) -> Result<
 /// PERMISSION_DENIED), a hypervisor that only offers SASL, or I/O failures.
 pub async fn authenticate(linked: &mut Linked, target: &Target) -> Result<(), ProxyError> {
     let addr = linked.addr.clone();
-    let protocol = |reason: String| ProxyError::HypervisorProtocol { addr: addr.clone(), reason };
+    let protocol = |reason: String| ProxyError::HypervisorProtocol {
+        addr: addr.clone(),
+        reason,
+    };
     let caps = &linked.reply.caps;
     let mut out = Vec::with_capacity(4 + 128);
     if caps.has_common(COMMON_CAP_AUTH_SELECTION) {
         if !caps.has_common(COMMON_CAP_AUTH_SPICE) {
-            return Err(protocol("the hypervisor only offers SASL authentication, which kerbside does not speak".to_owned()));
+            return Err(protocol(
+                "the hypervisor only offers SASL authentication, which kerbside does not speak"
+                    .to_owned(),
+            ));
         }
         out.extend_from_slice(&encode_auth_mechanism(AUTH_SPICE));
     }
@@ -173,7 +200,10 @@ pub async fn authenticate(linked: &mut Linked, target: &Target) -> Result<(), Pr
     let ticket = encrypt_ticket(&mut rng, &linked.reply.pub_key, &target.ticket)
         .map_err(|e| protocol(format!("cannot encrypt the ticket: {e}")))?;
     out.extend_from_slice(&ticket);
-    let io = |e: std::io::Error| ProxyError::HypervisorProtocol { addr: addr.clone(), reason: format!("authentication failed: {e}") };
+    let io = |e: std::io::Error| ProxyError::HypervisorProtocol {
+        addr: addr.clone(),
+        reason: format!("authentication failed: {e}"),
+    };
     linked.stream.write_all(&out).await.map_err(io)?;
     let mut result = [0u8; 4];
     tokio::time::timeout(target.timeout, linked.stream.read_exact(&mut result))

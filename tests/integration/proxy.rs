@@ -1,0 +1,708 @@
+//! The SPICE proxy end to end: real QEMU behind it, real spice-gtk clients in front, and a
+//! scripted client and server for what real peers cannot be made to do on demand.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kerbside::spice::{ChannelType, LinkError, LinkMessage};
+use kerbside_tests::app::{TestApp, TestConsole, program};
+use kerbside_tests::clients::{probe_exit, remote_viewer, spice_probe, spicy_screenshot};
+use kerbside_tests::pki::TestPki;
+use kerbside_tests::qemu::SpiceServer;
+use kerbside_tests::require::require_all;
+use kerbside_tests::spice_client::{
+    self, ClientOptions, ScriptedServer, dst_info, gtk_caps, mini_message,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TTL: Duration = Duration::from_secs(300);
+
+/// Polls `check` until it returns true or `limit` passes (for effects of background work).
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await? {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The same VM screen: same size, and identical but for the BIOS's blinking text cursor
+/// (one 9x16 character cell of 720x400 VGA text mode), which two screenshots may catch in different phases.
+fn same_screen(a: &Option<Vec<u8>>, b: &Option<Vec<u8>>) -> Result<()> {
+    let (a, b) = (
+        a.as_deref().context("no image")?,
+        b.as_deref().context("no image")?,
+    );
+    let (wa, ha, pa) = kerbside_tests::clients::ppm_pixels(a)?;
+    let (wb, hb, pb) = kerbside_tests::clients::ppm_pixels(b)?;
+    assert_eq!((wa, ha), (wb, hb), "screen sizes differ");
+    let differing: Vec<usize> = pa
+        .chunks(3)
+        .zip(pb.chunks(3))
+        .enumerate()
+        .filter(|(_, (x, y))| x != y)
+        .map(|(i, _)| i)
+        .collect();
+    let cell = differing.iter().all(|i| {
+        let (x, y) = (i % wa as usize, i / wa as usize);
+        let (x0, y0) = (differing[0] % wa as usize, differing[0] / wa as usize);
+        x.abs_diff(x0) < 9 && y.abs_diff(y0) < 16
+    });
+    assert!(
+        cell,
+        "{} pixels differ beyond one character cell",
+        differing.len()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn screenshot_through_the_proxy_matches_direct() -> Result<()> {
+    require_all(&["qemu", "spicy-screenshot"])?;
+    let server = SpiceServer::builder()
+        .password(Some("hv-ticket-1"))
+        .start()
+        .await?;
+    let console = TestConsole::for_server(&server);
+    let app = TestApp::builder().console(console.clone()).start().await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let out = app.dir().to_path_buf();
+
+    let direct = spicy_screenshot(
+        server.host(),
+        server.port(),
+        None,
+        Some("hv-ticket-1"),
+        None,
+        &out.join("direct.ppm"),
+    )
+    .await?;
+    assert_eq!(direct.exit_code, Some(0), "direct: {}", direct.stderr);
+
+    // Straight to TLS.
+    let tls = spicy_screenshot(
+        "127.0.0.1",
+        None,
+        Some(app.tls_addr().port()),
+        Some(&token),
+        Some(&app.pki.ca_cert_path()),
+        &out.join("tls.ppm"),
+    )
+    .await?;
+    assert_eq!(
+        tls.exit_code,
+        Some(0),
+        "through the proxy over TLS: {}",
+        tls.stderr
+    );
+    same_screen(&direct.image, &tls.image)?;
+
+    // Plain port first: NEED_SECURED sends every channel to the TLS port, same token.
+    let redirected = spicy_screenshot(
+        "127.0.0.1",
+        Some(app.insecure_addr().port()),
+        Some(app.tls_addr().port()),
+        Some(&token),
+        Some(&app.pki.ca_cert_path()),
+        &out.join("redirect.ppm"),
+    )
+    .await?;
+    assert_eq!(
+        redirected.exit_code,
+        Some(0),
+        "via the plain port's redirect: {}",
+        redirected.stderr
+    );
+    same_screen(&direct.image, &redirected.image)?;
+
+    // The hypervisor's ticket is not a kerbside token.
+    let wrong = spicy_screenshot(
+        "127.0.0.1",
+        None,
+        Some(app.tls_addr().port()),
+        Some("hv-ticket-1"),
+        Some(&app.pki.ca_cert_path()),
+        &out.join("wrong.ppm"),
+    )
+    .await?;
+    assert_eq!(
+        wrong.exit_code,
+        Some(1),
+        "a hypervisor ticket must not open the console"
+    );
+    assert!(
+        wrong.stderr.contains("event: 23") || wrong.image.is_none(),
+        "{}",
+        wrong.stderr
+    );
+
+    let sessions = app.sessions(false).await?;
+    assert!(sessions.len() >= 2, "sessions recorded: {sessions:?}");
+    assert!(!app.audit_events("channel.created").await?.is_empty());
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tls_hypervisor_is_verified_by_ca_and_host_subject() -> Result<()> {
+    require_all(&["qemu", "spicy-screenshot"])?;
+    let hv_dir = tempfile::tempdir()?;
+    let hv_pki = TestPki::new(hv_dir.path())?;
+    let server = SpiceServer::builder()
+        .password(Some("hv-tls"))
+        .tls(Some(&hv_pki))
+        .tls_only(true)
+        .start()
+        .await?;
+    let good = TestConsole::for_server(&server);
+    assert!(good.port.is_none() && good.tls_port.is_some());
+    // Same hypervisor, but the expected subject names another machine.
+    let mut wrong_subject = TestConsole::for_server(&server);
+    wrong_subject.uuid = uuid::Uuid::new_v4().to_string();
+    wrong_subject.host_subject = Some("C=XX,O=Kerbside Test,CN=someone-else".to_owned());
+    let app = TestApp::builder()
+        .console(good.clone())
+        .console(wrong_subject.clone())
+        .source_ca(hv_pki.ca_pem())
+        .start()
+        .await?;
+
+    let token = app.mint_token(&good.uuid, TTL).await?;
+    let shot = spicy_screenshot(
+        "127.0.0.1",
+        None,
+        Some(app.tls_addr().port()),
+        Some(&token),
+        Some(&app.pki.ca_cert_path()),
+        &app.dir().join("tls-hv.ppm"),
+    )
+    .await?;
+    assert_eq!(
+        shot.exit_code,
+        Some(0),
+        "TLS hypervisor through the proxy: {}",
+        shot.stderr
+    );
+
+    let token = app.mint_token(&wrong_subject.uuid, TTL).await?;
+    let refused = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token).await?;
+    assert_eq!(
+        refused.err(),
+        Some(LinkError::Error),
+        "a hypervisor with the wrong subject must be refused"
+    );
+    let failed = eventually(Duration::from_secs(5), || async {
+        Ok(!app.audit_events("hypervisor.failed").await?.is_empty())
+    })
+    .await?;
+    assert!(failed, "no hypervisor.failed audit event");
+    let events = app.audit_events("hypervisor.failed").await?;
+    assert!(events[0].message.contains("TLS"), "{}", events[0].message);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_channel_of_a_rich_session_is_relayed() -> Result<()> {
+    require_all(&["qemu", "spice-probe"])?;
+    let server = SpiceServer::builder()
+        .password(Some("rich"))
+        .monitors(2)
+        .audio(true)
+        .usbredir(2)
+        .webdav(true)
+        .start()
+        .await?;
+    let console = TestConsole::for_server(&server);
+    let app = TestApp::builder().console(console.clone()).start().await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let channels = "main,display:2,inputs,cursor,playback,record,usbredir:2,webdav";
+    let mut args = app.probe_args(&token, channels);
+    args.timeout = Duration::from_secs(30);
+    let probe = spice_probe(&args).await?;
+    assert_eq!(
+        probe.exit_code,
+        Some(probe_exit::OK),
+        "{}",
+        probe.describe()
+    );
+    assert_eq!(probe.opened_count("display"), 2, "{}", probe.describe());
+    assert_eq!(probe.opened_count("usbredir"), 2, "{}", probe.describe());
+    for kind in ["main", "inputs", "cursor", "playback", "record", "webdav"] {
+        assert!(
+            probe.opened_count(kind) >= 1,
+            "{kind} did not open: {}",
+            probe.describe()
+        );
+    }
+    // Every channel is on record under one session.
+    let session = app
+        .sessions(false)
+        .await?
+        .into_iter()
+        .next()
+        .context("no session")?;
+    let channels = app
+        .db()
+        .run(move |conn| kerbside::db::models::list_channels(conn, &session.id))
+        .await?;
+    assert!(
+        channels.len() >= 10,
+        "channels recorded: {}",
+        channels.len()
+    );
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn remote_viewer_opens_a_vv_from_kerbside_manage() -> Result<()> {
+    require_all(&["qemu", "remote-viewer", "xvfb"])?;
+    let server = SpiceServer::builder().password(Some("rv")).start().await?;
+    let console = TestConsole::for_server(&server);
+    let app = TestApp::builder().console(console.clone()).start().await?;
+    let vv = app.dir().join("console.vv");
+    let output = tokio::process::Command::new(program("kerbside-manage")?)
+        .args(app.config_args())
+        .args([
+            "token",
+            "create",
+            "--source",
+            "test",
+            "--console",
+            &console.uuid,
+            "--vv",
+        ])
+        .arg(&vv)
+        .output()
+        .await?;
+    assert!(
+        output.status.success(),
+        "token create failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout)?.trim().to_owned();
+    assert!(
+        token.len() >= 40 && token.len() <= 60 && token.chars().all(|c| c.is_ascii_alphanumeric()),
+        "token {token:?}"
+    );
+    let text = std::fs::read_to_string(&vv)?;
+    for key in [
+        "type=spice",
+        "host=127.0.0.1",
+        "port=",
+        "tls-port=",
+        "password=",
+        "ca=-----BEGIN CERTIFICATE-----\\n",
+        "host-subject=",
+        "secure-channels=all",
+        "delete-this-file=1",
+        "title=",
+    ] {
+        assert!(text.contains(key), "{key} missing from the .vv:\n{text}");
+    }
+    let viewer = remote_viewer(&vv, Duration::from_secs(20)).await?;
+    assert!(
+        viewer.main_channel_opened,
+        "remote-viewer did not open the main channel:\n{}",
+        viewer.log
+    );
+    assert!(viewer.display_created, "no display:\n{}", viewer.log);
+    assert!(
+        !vv.exists(),
+        "delete-this-file=1 should make remote-viewer delete the file"
+    );
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_expired_and_rebound_tokens_are_denied() -> Result<()> {
+    require_all(&["qemu", "spice-probe"])?;
+    let server = SpiceServer::builder()
+        .password(Some("deny"))
+        .start()
+        .await?;
+    let console = TestConsole::for_server(&server);
+    let app = TestApp::builder().console(console.clone()).start().await?;
+    let client = app.client();
+
+    let unknown = spice_client::link(
+        &client,
+        ChannelType::Main,
+        0,
+        0,
+        "NoSuchTokenNoSuchTokenNoSuchTokenNoSuch1",
+    )
+    .await?;
+    assert_eq!(unknown.err(), Some(LinkError::PermissionDenied));
+    let probe =
+        spice_probe(&app.probe_args("NoSuchTokenNoSuchTokenNoSuchTokenNoSuch1", "main")).await?;
+    assert_eq!(
+        probe.exit_code,
+        Some(probe_exit::AUTH),
+        "{}",
+        probe.describe()
+    );
+
+    let short = app
+        .mint_token(&console.uuid, Duration::from_secs(1))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expired = spice_client::link(&client, ChannelType::Main, 0, 0, &short).await?;
+    assert_eq!(
+        expired.err(),
+        Some(LinkError::PermissionDenied),
+        "an expired token must be refused"
+    );
+
+    // A token bound by a session from 127.0.0.1 is refused from another address.
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let mut main = spice_client::link(&client, ChannelType::Main, 0, 0, &token)
+        .await?
+        .map_err(|e| anyhow::anyhow!("main link: {e}"))?;
+    let (msg_type, init) = spice_client::read_message(&mut main.stream).await?;
+    assert_eq!(msg_type, 103, "MAIN_INIT first");
+    let connection_id = u32::from_le_bytes(init[..4].try_into()?);
+    let elsewhere = ClientOptions {
+        from: Some("127.0.0.2".parse()?),
+        ..client.clone()
+    };
+    let stolen = spice_client::link(&elsewhere, ChannelType::Main, 0, 0, &token).await?;
+    assert_eq!(
+        stolen.err(),
+        Some(LinkError::PermissionDenied),
+        "a bound token must not work from another address"
+    );
+    let stolen =
+        spice_client::link(&elsewhere, ChannelType::Display, 0, connection_id, &token).await?;
+    assert_eq!(
+        stolen.err(),
+        Some(LinkError::PermissionDenied),
+        "nor for another channel of its session"
+    );
+
+    // Same client: another channel of the session links (its session id is the proxy's).
+    let display =
+        spice_client::link(&client, ChannelType::Display, 0, connection_id, &token).await?;
+    assert!(
+        display.is_ok(),
+        "display of the bound session: {:?}",
+        display.err()
+    );
+    // Another token cannot join this session.
+    let other = app.mint_token(&console.uuid, TTL).await?;
+    let foreign =
+        spice_client::link(&client, ChannelType::Inputs, 0, connection_id, &other).await?;
+    assert_eq!(foreign.err(), Some(LinkError::PermissionDenied));
+    // An unknown connection id is answered like spice-server does.
+    let mut stream = spice_client::connect(&client).await?;
+    let reply = spice_client::send_link(
+        &mut stream,
+        &LinkMessage::new(
+            connection_id ^ 0x5a5a_5a5a,
+            ChannelType::Display,
+            0,
+            gtk_caps(ChannelType::Display),
+        ),
+    )
+    .await?;
+    assert_eq!(reply.error, LinkError::BadConnectionId);
+
+    let denied = app
+        .running
+        .proxy
+        .as_ref()
+        .context("proxy")?
+        .context
+        .metrics
+        .render();
+    assert!(
+        denied.contains("kerbside_proxy_auth_total{reason=\"unknown_token\",result=\"denied\"}"),
+        "{denied}"
+    );
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn hypervisor_down_gives_a_link_error_and_an_audit_row() -> Result<()> {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?
+    };
+    let console = TestConsole::at(closed, "ticket");
+    let app = TestApp::builder()
+        .console(console.clone())
+        .ini("[proxy]\nconnect_timeout = 2")
+        .start()
+        .await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let result = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token).await?;
+    assert_eq!(
+        result.err(),
+        Some(LinkError::Error),
+        "an unreachable hypervisor is a link error, not OK then a closed socket"
+    );
+    let audited = eventually(Duration::from_secs(5), || async {
+        Ok(!app.audit_events("hypervisor.failed").await?.is_empty())
+    })
+    .await?;
+    assert!(audited, "no audit row for the failed hypervisor");
+    let events = app.audit_events("hypervisor.failed").await?;
+    assert!(
+        events[0].message.contains(&closed.to_string()),
+        "{}",
+        events[0].message
+    );
+    assert!(
+        !events[0].message.contains("ticket"),
+        "{}",
+        events[0].message
+    );
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn migration_messages_never_reach_the_client() -> Result<()> {
+    let upstream_session = 1_804_289_383u32; // what an unseeded spice-server hands out first
+    let script = vec![
+        mini_message(101, &dst_info("198.51.100.7")),
+        mini_message(111, &dst_info("198.51.100.7")),
+        mini_message(
+            116,
+            &[dst_info("198.51.100.7"), 1u32.to_le_bytes().to_vec()].concat(),
+        ),
+        mini_message(113, &[5u32.to_le_bytes().as_slice(), b"vm-1\0"].concat()),
+    ];
+    let mut server = ScriptedServer::start("scripted-ticket", upstream_session, script).await?;
+    let console = TestConsole::at(server.addr, "scripted-ticket");
+    let app = TestApp::builder().console(console.clone()).start().await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let mut main = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token)
+        .await?
+        .map_err(|e| anyhow::anyhow!("link: {e}"))?;
+
+    let (t, init) = spice_client::read_message(&mut main.stream).await?;
+    assert_eq!(t, 103);
+    let given = u32::from_le_bytes(init[..4].try_into()?);
+    assert_ne!(
+        given, upstream_session,
+        "the hypervisor's session id must be replaced"
+    );
+    let session = app
+        .sessions(true)
+        .await?
+        .into_iter()
+        .next()
+        .context("session")?;
+    assert_eq!(session.proxy_connection_id, i64::from(given));
+    assert_eq!(
+        session.upstream_session_id,
+        Some(i64::from(upstream_session))
+    );
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(spice_client::read_message(&mut main.stream).await?);
+    }
+    let types: Vec<u16> = seen.iter().map(|(t, _)| *t).collect();
+    // Each migration message became one empty message list, so message counts still match.
+    assert_eq!(types, [8, 8, 8, 113]);
+    assert!(seen[..3].iter().all(|(_, body)| body == &[0, 0]));
+    assert!(
+        !seen
+            .iter()
+            .any(|(_, body)| body.windows(12).any(|w| w == b"198.51.100.7"))
+    );
+
+    // The hypervisor was told the client cannot follow, once per MIGRATE_BEGIN(_SEAMLESS).
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        let (t, _) = tokio::time::timeout(Duration::from_secs(5), server.received.recv())
+            .await?
+            .context("server closed")?;
+        replies.push(t);
+    }
+    assert_eq!(replies, [103, 103], "MIGRATE_CONNECT_ERROR expected");
+    // Client traffic still flows: ATTACH_CHANNELS reaches the hypervisor.
+    main.stream.write_all(&mini_message(104, &[])).await?;
+    let (t, _) = tokio::time::timeout(Duration::from_secs(5), server.received.recv())
+        .await?
+        .context("server closed")?;
+    assert_eq!(t, 104);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_and_idle_connections_are_closed_while_sessions_work() -> Result<()> {
+    require_all(&["qemu", "spicy-screenshot"])?;
+    let server = SpiceServer::builder()
+        .password(Some("busy"))
+        .start()
+        .await?;
+    let console = TestConsole::for_server(&server);
+    let app = TestApp::builder()
+        .console(console.clone())
+        .ini("[proxy]\nhandshake_timeout = 2")
+        .start()
+        .await?;
+
+    // Random bytes on the plain port get INVALID_MAGIC, then a close.
+    let mut garbage = tokio::net::TcpStream::connect(app.insecure_addr()).await?;
+    garbage.write_all(b"GET / HTTP/1.1\r\n\r\n").await?;
+    let mut reply = Vec::new();
+    garbage.read_to_end(&mut reply).await?;
+    assert_eq!(reply.len(), 16 + 178);
+    assert_eq!(
+        u32::from_le_bytes(reply[16..20].try_into()?),
+        2,
+        "INVALID_MAGIC"
+    );
+    // A valid link message on the plain port gets NEED_SECURED.
+    let mut plain = tokio::net::TcpStream::connect(app.insecure_addr()).await?;
+    plain
+        .write_all(&LinkMessage::new(0, ChannelType::Main, 0, gtk_caps(ChannelType::Main)).encode())
+        .await?;
+    let mut reply = Vec::new();
+    plain.read_to_end(&mut reply).await?;
+    assert_eq!(
+        u32::from_le_bytes(reply[16..20].try_into()?),
+        5,
+        "NEED_SECURED"
+    );
+    // Random bytes on the TLS port: the TLS handshake fails and the socket closes.
+    let mut tls_garbage = tokio::net::TcpStream::connect(app.tls_addr()).await?;
+    tls_garbage.write_all(&[0x42; 300]).await?;
+    let mut sink = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), tls_garbage.read_to_end(&mut sink)).await;
+    assert!(closed.is_ok(), "garbage on the TLS port was not closed");
+
+    // 1,000 idle connections on each port, some with half a link message.
+    let mut idle = Vec::new();
+    for i in 0..1000 {
+        for addr in [app.insecure_addr(), app.tls_addr()] {
+            let mut s = tokio::net::TcpStream::connect(addr).await?;
+            if i % 100 == 0 && addr == app.insecure_addr() {
+                s.write_all(&b"REDQ\x02\x00\x00\x00"[..]).await?;
+            }
+            idle.push(s);
+        }
+    }
+    // A real session works meanwhile.
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let shot = spicy_screenshot(
+        "127.0.0.1",
+        None,
+        Some(app.tls_addr().port()),
+        Some(&token),
+        Some(&app.pki.ca_cert_path()),
+        &app.dir().join("busy.ppm"),
+    )
+    .await?;
+    assert_eq!(
+        shot.exit_code,
+        Some(0),
+        "a session while 2,000 idle connections wait: {}",
+        shot.stderr
+    );
+    // Every idle connection is closed by the handshake timeout.
+    for mut s in idle {
+        let mut buf = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await;
+        assert!(ended.is_ok(), "an idle connection was left open");
+    }
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn terminate_ends_a_live_session() -> Result<()> {
+    require_all(&["qemu"])?;
+    let server = SpiceServer::builder()
+        .password(Some("term"))
+        .start()
+        .await?;
+    let console = TestConsole::for_server(&server);
+    let app = TestApp::builder().console(console.clone()).start().await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let mut main = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token)
+        .await?
+        .map_err(|e| anyhow::anyhow!("link: {e}"))?;
+    let (_, init) = spice_client::read_message(&mut main.stream).await?;
+    let connection_id = u32::from_le_bytes(init[..4].try_into()?);
+    let mut display = spice_client::link(
+        &app.client(),
+        ChannelType::Display,
+        0,
+        connection_id,
+        &token,
+    )
+    .await?
+    .map_err(|e| anyhow::anyhow!("display: {e}"))?;
+    let session = app
+        .sessions(true)
+        .await?
+        .into_iter()
+        .next()
+        .context("no live session")?;
+
+    let output = tokio::process::Command::new(program("kerbside-manage")?)
+        .args(app.config_args())
+        .args([
+            "session",
+            "terminate",
+            session.id.as_str(),
+            "--reason",
+            "test says so",
+        ])
+        .output()
+        .await?;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    for stream in [&mut main.stream, &mut display.stream] {
+        let mut buf = vec![0u8; 65536];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a channel of the terminated session stayed open"
+        );
+    }
+    let ended = eventually(Duration::from_secs(5), || async {
+        Ok(app.sessions(false).await?.iter().any(|s| {
+            s.id == session.id && s.end_reason.as_deref() == Some("terminated: test says so")
+        }))
+    })
+    .await?;
+    assert!(
+        ended,
+        "session not recorded as terminated: {:?}",
+        app.sessions(false).await?
+    );
+    app.stop().await;
+    Ok(())
+}
