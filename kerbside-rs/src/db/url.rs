@@ -150,6 +150,8 @@ fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
     for (key, value) in url.query_pairs() {
         if MYSQL_KEPT_PARAMS.contains(&key.as_ref()) {
             kept.push((key.into_owned(), value.into_owned()));
+        } else if key == "charset" {
+            // Nearly every OpenStack URL has it; Diesel always talks utf8mb4 anyway.
         } else {
             dropped.push(key.into_owned());
         }
