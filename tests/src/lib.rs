@@ -1,13 +1,17 @@
-//! harness
+//! The test harness: real peers and kerbside itself, for the integration tests.
 //!
-//! SPICE peers for end-to-end tests: [`require`] (fail loudly when a peer is missing),
-//! [`ports`] (free loopback ports), [`pki`] (a throwaway CA), [`qemu`] (QEMU as the
-//! SPICE server, with QMP) and [`clients`] (spicy-screenshot, the SpiceClientGLib
-//! probe, remote-viewer), [`spice_client`] (a scripted SPICE client and server) and [`app`]
-//! (kerbside itself, in-process).
+//! - [`require`]: fail loudly when a peer or service is missing.
+//! - [`ports`]: free loopback ports.
+//! - [`pki`]: a throwaway CA.
+//! - [`qemu`]: QEMU as the SPICE server, with QMP.
+//! - [`clients`]: spicy-screenshot, the SpiceClientGLib probe, remote-viewer.
+//! - [`spice_client`]: a scripted SPICE client and server.
+//! - [`db`]: `TestDatabase`, a throwaway migrated database on SQLite or MariaDB.
+//! - [`app`]: kerbside itself, in-process.
 
 pub mod app;
 pub mod clients;
+pub mod db;
 pub mod pki;
 pub mod ports;
 mod proc_util;

@@ -52,7 +52,7 @@ pub enum DbError {
     },
 
     /// `[database] connection` is not a URL this service can use.
-    #[error("invalid database URL {url}: {reason}")]
+    #[error("invalid database URL \"{url}\": {reason}")]
     InvalidUrl {
         /// The URL as given, with any password replaced by `***`.
         url: String,

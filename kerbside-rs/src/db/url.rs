@@ -126,6 +126,22 @@ impl fmt::Debug for DbUrl {
 
 /// Parse the part after `mysql[+driver]://`.
 fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
+    // `user:pw@/db?unix_socket=...` (SQLAlchemy's socket form) has an empty host, which the
+    // URL parser rejects: give it the `localhost` that makes Diesel use the socket.
+    let before_query = rest.split_once('?').map_or(rest, |(b, _)| b);
+    let host_start = before_query.rfind('@').map_or(0, |at| at + 1);
+    let host_is_empty = before_query
+        .get(host_start..)
+        .is_none_or(|h| h.is_empty() || h.starts_with('/'));
+    let rest = if host_is_empty {
+        if !rest.contains("unix_socket=") {
+            return Err("no host (expected mysql://user:password@host/database)".to_owned());
+        }
+        let (userinfo, tail) = rest.split_at(host_start);
+        format!("{userinfo}localhost{tail}")
+    } else {
+        rest.to_owned()
+    };
     let mut url = ::url::Url::parse(&format!("mysql://{rest}")).map_err(|e| format!("{e}"))?;
 
     // Keep only the query parameters Diesel understands, in their original order.
@@ -134,6 +150,8 @@ fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
     for (key, value) in url.query_pairs() {
         if MYSQL_KEPT_PARAMS.contains(&key.as_ref()) {
             kept.push((key.into_owned(), value.into_owned()));
+        } else if key == "charset" {
+            // Nearly every OpenStack URL has it; Diesel always talks utf8mb4 anyway.
         } else {
             dropped.push(key.into_owned());
         }
@@ -149,14 +167,7 @@ fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
     let has_socket = kept.iter().any(|(k, _)| k == "unix_socket");
 
     let host = url.host_str().unwrap_or_default().to_owned();
-    if host.is_empty() {
-        if !has_socket {
-            return Err("no host (expected mysql://user:password@host/database)".to_owned());
-        }
-        // Diesel only uses the socket when the host is `localhost`.
-        url.set_host(Some("localhost"))
-            .map_err(|e| format!("{e}"))?;
-    } else if host.eq_ignore_ascii_case("localhost") && !has_socket {
+    if host.eq_ignore_ascii_case("localhost") && !has_socket {
         url.set_host(Some("127.0.0.1"))
             .map_err(|e| format!("{e}"))?;
     }

@@ -160,12 +160,18 @@ pub fn get_token(conn: &mut DbConnection, id: ConsoleTokenId) -> DbResult<Consol
 
 /// The token with digest `token_hash`, in any state (expired, revoked, bound).
 ///
+/// Anything that is not a well-formed digest matches nothing, without a query: besides
+/// saving a round trip, this keeps MySQL's PAD SPACE comparison (`'x' = 'x '`) out of play.
+///
 /// # Errors
 /// [`DbError::Query`] on database failure.
 pub fn find_token_by_hash(
     conn: &mut DbConnection,
     token_hash: &str,
 ) -> DbResult<Option<ConsoleToken>> {
+    if !is_token_hash(token_hash) {
+        return Ok(None);
+    }
     Ok(console_tokens::table
         .filter(console_tokens::token_hash.eq(token_hash))
         .select(ConsoleToken::as_select())
@@ -174,7 +180,8 @@ pub fn find_token_by_hash(
 }
 
 /// The token with digest `token_hash` and its console, if it is accepted at `at`
-/// (not expired, not revoked). Binding is not checked: see [`bind_token`].
+/// (not expired, not revoked). Binding is not checked: see [`bind_token`]. A malformed
+/// digest matches nothing (see [`find_token_by_hash`]).
 ///
 /// # Errors
 /// [`DbError::Query`] on database failure.
@@ -183,6 +190,9 @@ pub fn find_valid_token(
     token_hash: &str,
     at: NaiveDateTime,
 ) -> DbResult<Option<(ConsoleToken, Console)>> {
+    if !is_token_hash(token_hash) {
+        return Ok(None);
+    }
     Ok(console_tokens::table
         .inner_join(consoles::table)
         .filter(console_tokens::token_hash.eq(token_hash))
