@@ -11,7 +11,8 @@ fuzz_target!(|data: &[u8]| {
         Ok((msg, used)) => {
             assert!(used <= data.len());
             let bytes = msg.encode();
-            let (again, again_used) = parse_link_message(&bytes).expect("re-encoded message parses");
+            let (again, again_used) =
+                parse_link_message(&bytes).expect("re-encoded message parses");
             assert_eq!(again, msg);
             assert_eq!(again_used, bytes.len());
         }
