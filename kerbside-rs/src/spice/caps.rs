@@ -11,7 +11,8 @@ use super::consts::{
 /// Common and channel-specific capability words of one link side.
 ///
 /// The word vectors are kept exactly as long as the peer sent them, even when
-/// trailing words are zero, so forwarding preserves the counts (pitfall 3).
+/// trailing words are zero, so forwarding preserves the counts (future
+/// peers may send more than one word of each kind).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Caps {
     /// Common capability words (`COMMON_CAP_*` bits).

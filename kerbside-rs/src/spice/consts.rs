@@ -124,7 +124,7 @@ pub const MAIN_INIT_LEN: usize = 32;
 /// A SPICE channel type (`SpiceLinkMess.channel_type`).
 ///
 /// Unknown values are kept, not rejected: the proxy must not fail on a
-/// channel type it does not know (pitfall 15).
+/// channel type it does not know (one added by a later protocol version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChannelType {
     /// 1: session control, agent, migration.

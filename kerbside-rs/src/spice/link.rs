@@ -2,7 +2,7 @@
 //! `SpiceLinkHeader` + `SpiceLinkReply` (server -> client), the auth mechanism
 //! word and the 4-byte link result. Parsers take any prefix of a stream and
 //! answer `Incomplete` until they can decide, enforcing the same limits as
-//! spice-server (pitfall 14). Ticket crypto lives in `ticket`.
+//! spice-server. Ticket crypto lives in `ticket`.
 
 use super::caps::Caps;
 use super::consts::{
@@ -185,8 +185,8 @@ impl LinkMessage {
     /// Wire form, laid out like spice-gtk: caps_offset 18, common words then
     /// channel words.
     pub fn encode(&self) -> Vec<u8> {
-        let size = LINK_MESS_LEN + 4 * self.caps.word_count();
-        let mut out = Vec::with_capacity(LINK_HEADER_LEN + size);
+        let size = LINK_MESS_LEN.saturating_add(self.caps.word_count().saturating_mul(4));
+        let mut out = Vec::with_capacity(LINK_HEADER_LEN.saturating_add(size));
         put_link_header(&mut out, self.major, self.minor, size);
         out.extend_from_slice(&self.connection_id.to_le_bytes());
         out.push(self.channel_type.as_u8());
@@ -231,8 +231,8 @@ impl LinkReply {
     /// Wire form, laid out like spice-server: caps_offset 178, common words
     /// then channel words.
     pub fn encode(&self) -> Vec<u8> {
-        let size = LINK_REPLY_LEN + 4 * self.caps.word_count();
-        let mut out = Vec::with_capacity(LINK_HEADER_LEN + size);
+        let size = LINK_REPLY_LEN.saturating_add(self.caps.word_count().saturating_mul(4));
+        let mut out = Vec::with_capacity(LINK_HEADER_LEN.saturating_add(size));
         put_link_header(&mut out, VERSION_MAJOR, VERSION_MINOR, size);
         out.extend_from_slice(&self.error.as_u32().to_le_bytes());
         out.extend_from_slice(&self.pub_key);

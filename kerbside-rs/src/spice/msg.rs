@@ -256,8 +256,10 @@ pub fn encode_client_message(kind: HeaderKind, serial: u64, msg_type: u16, body:
 
 /// An empty `SPICE_MSG_LIST` (type 8, body = u16 count 0). spice-gtk counts it
 /// as one received message (ACK window, implicit serial) and processes
-/// nothing, so it can replace a dropped server->client message 1:1
-/// (pitfalls 16/17). For full headers pass the dropped message's serial.
+/// nothing, so it can replace a dropped server->client message 1:1: the
+/// client's ACK count (server flow control) and implicit mini-header serials
+/// (WAIT_FOR_CHANNELS) stay in step. For full headers pass the dropped
+/// message's serial.
 pub fn noop_message(kind: HeaderKind, serial: u64) -> Vec<u8> {
     encode_message(kind, serial, MSG_LIST, &0u16.to_le_bytes())
 }
