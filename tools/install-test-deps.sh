@@ -42,7 +42,7 @@ base_pkgs=(
   build-essential pkg-config default-libmysqlclient-dev libsqlite3-dev
   shellcheck openssl mariadb-client
   spice-client-gtk gir1.2-spiceclientglib-2.0 python3-gi
-  virt-viewer xvfb x11-apps
+  virt-viewer xvfb x11-apps xxd
 )
 
 pkg_installed() {
@@ -156,6 +156,7 @@ need_cmd spicy-screenshot spice-client-gtk
 need_cmd remote-viewer virt-viewer
 need_cmd Xvfb xvfb
 need_cmd xwd x11-apps
+need_cmd xxd xxd
 python_gi_ready || fail "/usr/bin/python3 cannot load SpiceClientGLib 2.0 (packages gir1.2-spiceclientglib-2.0 python3-gi)"
 
 if [ "$failures" -gt 0 ]; then

@@ -3,7 +3,7 @@
 //! and the iterator agrees with repeated next_message calls.
 #![no_main]
 
-use kerbside::spice::{Framer, HeaderKind, main_init_session_id};
+use kerbside_spice::{Framer, HeaderKind, main_init_session_id};
 use libfuzzer_sys::fuzz_target;
 
 fn walk(framer: Framer, data: &[u8]) {

@@ -3,7 +3,7 @@
 //! parse back to the same message.
 #![no_main]
 
-use kerbside::spice::{SpiceError, parse_link_message};
+use kerbside_spice::{SpiceError, parse_link_message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,7 +3,7 @@
 //! parse back to the same reply.
 #![no_main]
 
-use kerbside::spice::{SpiceError, parse_link_reply, parse_link_result};
+use kerbside_spice::{SpiceError, parse_link_reply, parse_link_result};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -122,7 +122,7 @@ impl TestAppBuilder {
         kerbside::telemetry::init_for_test();
         let dir = tempfile::tempdir()?;
         let pki = TestPki::new(&dir.path().join("pki"))?;
-        let proxy_cert = pki.issue("proxy", "kerbside-proxy.test", &["127.0.0.1", "localhost"])?;
+        let proxy_cert = pki.issue("proxy", "kerbside-proxy.test", &["127.0.0.1", "::1", "localhost"])?;
         let sources = dir.path().join("sources.yaml");
         std::fs::write(
             &sources,

@@ -284,12 +284,9 @@ async fn termination_loop(ctx: Arc<ProxyContext>) {
                     };
                     tracing::info!(session.id = %session.id, reason = %request.reason, "terminating session");
                     ctx.metrics.proxy.terminations.inc();
+                    // The node relaying the main channel records the end and marks the request
+                    // handled (see `Store::end_session`), whichever side closed first.
                     session.end(&format!("terminated: {}", request.reason));
-                    if session.holds_main {
-                        if let Err(e) = ctx.store.mark_termination_handled(request.id).await {
-                            tracing::warn!(error = %e, "cannot mark a termination handled");
-                        }
-                    }
                 }
             }
             Err(e) => {
@@ -526,6 +523,11 @@ impl ProxyContext {
             reason,
             "session ended"
         );
+    }
+
+    /// Audits a channel's authenticated hypervisor connection.
+    pub fn audit_hypervisor_connected(&self, session: &LocalSession, channel: ChannelType, addr: &str) {
+        self.store.audit(&self.shutdown, store::AuditEvent::session(session, session.console_id, "hypervisor.connected", format!("{} channel connected to hypervisor {addr}", channel.name())));
     }
 
     /// Audits a failed hypervisor connection.

@@ -337,6 +337,7 @@ async fn link_main<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(e);
     }
     let session = ctx.start_session(&authorized, &client_ip, permit).await?;
+    ctx.audit_hypervisor_connected(&session, ChannelType::Main, &linked.addr);
     tracing::Span::current().record("session.id", session.id.as_str());
     let channel_row = ctx
         .start_channel(&session, ChannelType::Main, message.channel_id, &client_ip)
@@ -398,6 +399,7 @@ async fn link_other<S: AsyncRead + AsyncWrite + Unpin>(
         ctx.audit_hypervisor_failure(&console, Some(&session.id), &e);
         return Err(e);
     }
+    ctx.audit_hypervisor_connected(&session, channel, &linked.addr);
     let channel_row = ctx
         .start_channel(&session, channel, message.channel_id, &client_ip)
         .await?;

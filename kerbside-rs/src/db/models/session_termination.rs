@@ -113,6 +113,23 @@ pub fn pending_terminations_for_node(
         .load(conn)?)
 }
 
+/// The oldest unhandled termination request of one session, if any.
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn pending_termination_for_session(
+    conn: &mut DbConnection,
+    session_id: &SessionId,
+) -> DbResult<Option<SessionTermination>> {
+    Ok(session_terminations::table
+        .filter(session_terminations::session_id.eq(session_id))
+        .filter(session_terminations::handled_at.is_null())
+        .select(SessionTermination::as_select())
+        .order(session_terminations::id.asc())
+        .first(conn)
+        .optional()?)
+}
+
 /// Every unhandled termination request of a live session, on any node: a node holding only
 /// some channels of a session (its main channel is elsewhere) must close them too.
 ///

@@ -287,8 +287,8 @@ pub fn parse_auth_mechanism(buf: &[u8]) -> Result<u32, SpiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spice::consts::{AUTH_SPICE, COMMON_CAP_AUTH_SELECTION, COMMON_CAP_MINI_HEADER};
-    use crate::spice::golden;
+    use crate::consts::{AUTH_SPICE, COMMON_CAP_AUTH_SELECTION, COMMON_CAP_MINI_HEADER};
+    use crate::golden;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     fn invalid_code(result: Result<impl std::fmt::Debug, SpiceError>) -> LinkError {

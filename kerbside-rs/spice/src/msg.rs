@@ -334,10 +334,10 @@ pub fn carries_hypervisor_address(channel: ChannelType, msg_type: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spice::consts::{
+    use crate::consts::{
         MSG_MAIN_INIT, MSG_MAIN_NAME, MSG_SET_ACK, MSGC_MAIN_MIGRATE_CONNECT_ERROR,
     };
-    use crate::spice::golden;
+    use crate::golden;
     use rand::{Rng, SeedableRng, rngs::StdRng};
 
     /// Server->client data after the 4-byte link result.

@@ -126,7 +126,7 @@ impl Caps {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spice::consts::{
+    use crate::consts::{
         COMMON_CAP_AUTH_SELECTION, COMMON_CAP_AUTH_SPICE, COMMON_CAP_MINI_HEADER,
         MAIN_CAP_AGENT_CONNECTED_TOKENS, MAIN_CAP_NAME_AND_UUID,
     };

@@ -166,8 +166,8 @@ pub fn encrypt_ticket<R: CryptoRng + RngCore>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spice::golden;
-    use crate::spice::link::parse_link_reply;
+    use crate::golden;
+    use crate::link::parse_link_reply;
     use rand::{SeedableRng, rngs::StdRng};
 
     /// Keygen is the slow part: tests use a seeded rng and as few keys as
