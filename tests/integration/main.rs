@@ -1,3 +1,4 @@
 //! integration
 
+mod notifications;
 mod peers;

@@ -22,8 +22,8 @@ use std::time::Duration;
 use futures_util::stream::{SelectAll, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -113,8 +113,16 @@ impl Topology {
 
     /// What kerbside declares its queues with, in configuration terms.
     fn declared(&self) -> String {
-        let dlx = self.dead_letter_exchange.as_deref().map(|d| format!(", dead_letter_exchange = {d}")).unwrap_or_default();
-        format!("durable = {}, queue_type = {}{dlx}", self.durable, queue_type_name(self.queue_type))
+        let dlx = self
+            .dead_letter_exchange
+            .as_deref()
+            .map(|d| format!(", dead_letter_exchange = {d}"))
+            .unwrap_or_default();
+        format!(
+            "durable = {}, queue_type = {}{dlx}",
+            self.durable,
+            queue_type_name(self.queue_type)
+        )
     }
 }
 
@@ -140,8 +148,14 @@ struct Link {
 impl Link {
     async fn close(self) {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            let _ = self.channel.close(200, "kerbside consumer closing".into()).await;
-            let _ = self.connection.close(200, "kerbside consumer closing".into()).await;
+            let _ = self
+                .channel
+                .close(200, "kerbside consumer closing".into())
+                .await;
+            let _ = self
+                .connection
+                .close(200, "kerbside consumer closing".into())
+                .await;
         })
         .await;
     }
@@ -290,41 +304,79 @@ impl Consumer {
 
     /// Connects to the next broker, declares the topology and starts consuming.
     async fn connect(&mut self) -> Result<Link, NotifyError> {
-        let (uri, shown) = self.transport.amqp_uri(self.next_host).ok_or_else(|| NotifyError::InvalidTransportUrl {
-            reason: "no broker host".to_owned(),
+        let (uri, shown) = self.transport.amqp_uri(self.next_host).ok_or_else(|| {
+            NotifyError::InvalidTransportUrl {
+                reason: "no broker host".to_owned(),
+            }
         })?;
         let broker = |operation: String| {
             let transport = self.transport.clone();
-            move |e: lapin::Error| NotifyError::Broker { operation, cause: one_line(&transport.scrub(&e.to_string())) }
+            move |e: lapin::Error| NotifyError::Broker {
+                operation,
+                cause: one_line(&transport.scrub(&e.to_string())),
+            }
         };
-        let props = ConnectionProperties::default().with_connection_name(format!("kerbside-notifications@{}", self.node).into());
-        let connection = Connection::connect_uri(uri, props).await.map_err(|e| NotifyError::Connect {
-            url: shown.clone(),
-            cause: one_line(&self.transport.scrub(&e.to_string())),
-        })?;
+        let props = ConnectionProperties::default()
+            .with_connection_name(format!("kerbside-notifications@{}", self.node).into());
+        let connection =
+            Connection::connect_uri(uri, props)
+                .await
+                .map_err(|e| NotifyError::Connect {
+                    url: shown.clone(),
+                    cause: one_line(&self.transport.scrub(&e.to_string())),
+                })?;
         let t = &self.topology;
 
         // The exchange: declared like oslo.messaging does (topic, durability as configured),
         // so it exists before Nova's first notification. Different durability is refused by
         // RabbitMQ with PRECONDITION_FAILED, which closes the channel: say which option to
         // change instead of leaving a dead channel.
-        let channel = connection.create_channel().await.map_err(broker("channel.open".to_owned()))?;
-        let options = ExchangeDeclareOptions { durable: t.durable, ..ExchangeDeclareOptions::default() };
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(broker("channel.open".to_owned()))?;
+        let options = ExchangeDeclareOptions {
+            durable: t.durable,
+            ..ExchangeDeclareOptions::default()
+        };
         if let Err(e) = channel
-            .exchange_declare(t.exchange.as_str().into(), ExchangeKind::Topic, options, FieldTable::default())
+            .exchange_declare(
+                t.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                options,
+                FieldTable::default(),
+            )
             .await
         {
             return Err(match precondition_failed(&e) {
-                Some(detail) => NotifyError::ExchangeMismatch { exchange: t.exchange.clone(), durable: t.durable, detail },
+                Some(detail) => NotifyError::ExchangeMismatch {
+                    exchange: t.exchange.clone(),
+                    durable: t.durable,
+                    detail,
+                },
                 None => broker(format!("exchange.declare {}", t.exchange))(e),
             });
         }
 
         if let Some(dlx) = &t.dead_letter_exchange {
             // RabbitMQ drops dead-lettered messages silently when the exchange is missing.
-            let probe = connection.create_channel().await.map_err(broker("channel.open".to_owned()))?;
-            let passive = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
-            match probe.exchange_declare(dlx.as_str().into(), ExchangeKind::Topic, passive, FieldTable::default()).await {
+            let probe = connection
+                .create_channel()
+                .await
+                .map_err(broker("channel.open".to_owned()))?;
+            let passive = ExchangeDeclareOptions {
+                passive: true,
+                ..ExchangeDeclareOptions::default()
+            };
+            match probe
+                .exchange_declare(
+                    dlx.as_str().into(),
+                    ExchangeKind::Topic,
+                    passive,
+                    FieldTable::default(),
+                )
+                .await
+            {
                 Ok(()) => {
                     let _ = probe.close(200, "checked".into()).await;
                 }
@@ -335,10 +387,16 @@ impl Consumer {
 
         let mut arguments = FieldTable::default();
         if t.queue_type == QueueType::Quorum {
-            arguments.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
         }
         if let Some(dlx) = &t.dead_letter_exchange {
-            arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.as_str().into()));
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(dlx.as_str().into()),
+            );
         }
         let queue_options = QueueDeclareOptions {
             durable: t.durable,
@@ -350,15 +408,28 @@ impl Consumer {
             ..QueueDeclareOptions::default()
         };
         for queue in &t.queues {
-            if let Err(e) = channel.queue_declare(queue.name.as_str().into(), queue_options, arguments.clone()).await {
+            if let Err(e) = channel
+                .queue_declare(queue.name.as_str().into(), queue_options, arguments.clone())
+                .await
+            {
                 return Err(match precondition_failed(&e) {
-                    Some(detail) => NotifyError::QueueMismatch { queue: queue.name.clone(), declared: t.declared(), detail },
+                    Some(detail) => NotifyError::QueueMismatch {
+                        queue: queue.name.clone(),
+                        declared: t.declared(),
+                        detail,
+                    },
                     None => broker(format!("queue.declare {}", queue.name))(e),
                 });
             }
             for key in &queue.routing_keys {
                 channel
-                    .queue_bind(queue.name.as_str().into(), t.exchange.as_str().into(), key.as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                    .queue_bind(
+                        queue.name.as_str().into(),
+                        t.exchange.as_str().into(),
+                        key.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
                     .await
                     .map_err(broker(format!("queue.bind {} {key}", queue.name)))?;
             }
@@ -371,12 +442,22 @@ impl Consumer {
         for queue in &t.queues {
             let tag = format!("kerbside-{}-{}", self.node, uuid::Uuid::new_v4().simple());
             let consumer = channel
-                .basic_consume(queue.name.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                .basic_consume(
+                    queue.name.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
                 .map_err(broker(format!("basic.consume {}", queue.name)))?;
             consumers.push(consumer);
         }
-        Ok(Link { connection, channel, deliveries: futures_util::stream::select_all(consumers), shown })
+        Ok(Link {
+            connection,
+            channel,
+            deliveries: futures_util::stream::select_all(consumers),
+            shown,
+        })
     }
 
     /// Processes deliveries until the link breaks or the shutdown token fires.
@@ -390,8 +471,14 @@ impl Consumer {
             };
             let delivery = match next {
                 Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => return Ended::Lost(one_line(&self.transport.scrub(&e.to_string()))),
-                None => return Ended::Lost("the broker cancelled the consumer (was the queue deleted?)".to_owned()),
+                Some(Err(e)) => {
+                    return Ended::Lost(one_line(&self.transport.scrub(&e.to_string())));
+                }
+                None => {
+                    return Ended::Lost(
+                        "the broker cancelled the consumer (was the queue deleted?)".to_owned(),
+                    );
+                }
             };
             if let Err(ended) = self.process(delivery).await {
                 return ended;
@@ -428,7 +515,10 @@ impl Consumer {
         match db.run(move |conn| effects::apply(conn, &job, &node)).await {
             Ok(outcome) => {
                 if self.db_failures > 0 {
-                    tracing::info!(failures = self.db_failures, "the database is reachable again: notifications are applied");
+                    tracing::info!(
+                        failures = self.db_failures,
+                        "the database is reachable again: notifications are applied"
+                    );
                     self.db_failures = 0;
                 }
                 let m = &self.metrics.notifications;
@@ -444,7 +534,11 @@ impl Consumer {
                 settle(&delivery, Settle::Ack).await
             }
             Err(e) if e.is_transient() => {
-                self.metrics.notifications.failed.with_label_values(&[label]).inc();
+                self.metrics
+                    .notifications
+                    .failed
+                    .with_label_values(&[label])
+                    .inc();
                 self.db_failures = self.db_failures.saturating_add(1);
                 let delay = backoff(self.db_failures.saturating_sub(1));
                 if self.db_failures == 1 {
@@ -462,21 +556,39 @@ impl Consumer {
                 settle(&delivery, Settle::Requeue).await
             }
             Err(e) => {
-                self.metrics.notifications.failed.with_label_values(&[label]).inc();
-                self.drop_poison(&delivery, &NotifyError::from(e), label).await
+                self.metrics
+                    .notifications
+                    .failed
+                    .with_label_values(&[label])
+                    .inc();
+                self.drop_poison(&delivery, &NotifyError::from(e), label)
+                    .await
             }
         }
     }
 
     /// Logs a message that cannot be processed (once: it is never requeued) and acks it, or
     /// rejects it without requeue when a dead-letter exchange is configured.
-    async fn drop_poison(&self, delivery: &Delivery, error: &NotifyError, label: &str) -> Result<(), Ended> {
+    async fn drop_poison(
+        &self,
+        delivery: &Delivery,
+        error: &NotifyError,
+        label: &str,
+    ) -> Result<(), Ended> {
         let dead_letter = self.topology.dead_letter_exchange.as_deref();
         tracing::warn!(error = %error, event_type = label, routing_key = %delivery.routing_key.as_str(),
             bytes = delivery.data.len(), redelivered = delivery.redelivered,
             dead_letter_exchange = dead_letter.unwrap_or(""),
             "{}", if dead_letter.is_some() { "notification cannot be processed: dead-lettered" } else { "notification cannot be processed: dropped" });
-        settle(delivery, if dead_letter.is_some() { Settle::Reject } else { Settle::Ack }).await
+        settle(
+            delivery,
+            if dead_letter.is_some() {
+                Settle::Reject
+            } else {
+                Settle::Ack
+            },
+        )
+        .await
     }
 }
 
@@ -494,18 +606,39 @@ enum Settle {
 async fn settle(delivery: &Delivery, how: Settle) -> Result<(), Ended> {
     let result = match how {
         Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Settle::Requeue => delivery.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await,
-        Settle::Reject => delivery.nack(BasicNackOptions { requeue: false, ..BasicNackOptions::default() }).await,
+        Settle::Requeue => {
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
+        Settle::Reject => {
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: false,
+                    ..BasicNackOptions::default()
+                })
+                .await
+        }
     };
     // If the channel broke, the broker requeues the message and it comes back after the
     // reconnect (effects are idempotent).
-    result.map(drop).map_err(|e| Ended::Lost(format!("cannot settle a delivery ({how:?}): {}", one_line(&e.to_string()))))
+    result.map(drop).map_err(|e| {
+        Ended::Lost(format!(
+            "cannot settle a delivery ({how:?}): {}",
+            one_line(&e.to_string())
+        ))
+    })
 }
 
 /// The broker's text when `e` is a PRECONDITION_FAILED (406) channel error.
 fn precondition_failed(e: &lapin::Error) -> Option<String> {
     match e.kind() {
-        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406 => Some(amqp.get_message().as_str().to_owned()),
+        lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406 => {
+            Some(amqp.get_message().as_str().to_owned())
+        }
         _ => None,
     }
 }
@@ -514,15 +647,20 @@ fn precondition_failed(e: &lapin::Error) -> Option<String> {
 /// hostile publisher cannot create unbounded label values with arbitrary strings).
 fn metric_label(event_type: &str) -> &str {
     let plausible = event_type.len() <= 64
-        && event_type.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+        && event_type.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        });
     if plausible { event_type } else { OTHER }
 }
 
 /// `BACKOFF_MIN * 2^n`, capped at `BACKOFF_MAX`, with ±20 % jitter so a pool of nodes does not
 /// reconnect in lockstep.
 fn backoff(n: u32) -> Duration {
-    let base = BACKOFF_MIN.saturating_mul(2u32.saturating_pow(n.min(16))).min(BACKOFF_MAX);
-    base.mul_f64(rand::thread_rng().gen_range(0.8..1.2)).min(BACKOFF_MAX)
+    let base = BACKOFF_MIN
+        .saturating_mul(2u32.saturating_pow(n.min(16)))
+        .min(BACKOFF_MAX);
+    base.mul_f64(rand::thread_rng().gen_range(0.8..1.2))
+        .min(BACKOFF_MAX)
 }
 
 fn one_line(s: &str) -> String {
@@ -535,7 +673,9 @@ mod tests {
 
     #[test]
     fn backoff_is_capped() {
-        assert!(backoff(0) >= Duration::from_millis(800) && backoff(0) <= Duration::from_millis(1200));
+        assert!(
+            backoff(0) >= Duration::from_millis(800) && backoff(0) <= Duration::from_millis(1200)
+        );
         assert!(backoff(3) >= Duration::from_millis(6400));
         for n in [5, 10, 40, u32::MAX] {
             assert!(backoff(n) <= BACKOFF_MAX);

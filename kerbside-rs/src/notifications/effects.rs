@@ -32,11 +32,17 @@ pub struct Outcome {
 /// The database's error; nothing is changed then.
 pub fn apply(conn: &mut DbConnection, plan: &Plan, node: &str) -> DbResult<Outcome> {
     match plan {
-        Plan::EndInstanceAccess(event) => conn.transaction(|conn| end_instance_access(conn, event, node)),
+        Plan::EndInstanceAccess(event) => {
+            conn.transaction(|conn| end_instance_access(conn, event, node))
+        }
     }
 }
 
-fn end_instance_access(conn: &mut DbConnection, event: &InstanceEvent, node: &str) -> DbResult<Outcome> {
+fn end_instance_access(
+    conn: &mut DbConnection,
+    event: &InstanceEvent,
+    node: &str,
+) -> DbResult<Outcome> {
     let uuid = event.instance_uuid.as_str();
     let consoles = models::consoles_for_instance(conn, uuid)?;
     if consoles.is_empty() {
@@ -45,7 +51,10 @@ fn end_instance_access(conn: &mut DbConnection, event: &InstanceEvent, node: &st
         return Ok(Outcome::default());
     }
     let reason = format!("nova {}", event.event_type);
-    let mut outcome = Outcome { consoles: consoles.len(), ..Outcome::default() };
+    let mut outcome = Outcome {
+        consoles: consoles.len(),
+        ..Outcome::default()
+    };
     for session in models::sessions_for_instance(conn, uuid, true)? {
         match models::request_termination(conn, &session.id, &reason, REQUESTED_BY) {
             Ok(_) => outcome.sessions_terminated += 1,
@@ -56,8 +65,16 @@ fn end_instance_access(conn: &mut DbConnection, event: &InstanceEvent, node: &st
     }
     outcome.tokens_revoked = models::revoke_tokens_for_instance(conn, uuid, &reason)?;
     models::mark_instance_stale(conn, uuid)?;
-    let source = event.publisher_id.as_deref().map(|p| format!(" from {p}")).unwrap_or_default();
-    let host = event.host.as_deref().map(|h| format!(" (host {h})")).unwrap_or_default();
+    let source = event
+        .publisher_id
+        .as_deref()
+        .map(|p| format!(" from {p}"))
+        .unwrap_or_default();
+    let host = event
+        .host
+        .as_deref()
+        .map(|h| format!(" (host {h})"))
+        .unwrap_or_default();
     let message = format!(
         "Nova {}{source}: {}{host}; {} live session(s) terminated, {} token(s) revoked, console marked stale",
         event.event_type, event.what, outcome.sessions_terminated, outcome.tokens_revoked
@@ -109,7 +126,12 @@ mod tests {
     }
 
     /// A console with a live session and two tokens.
-    fn seed(conn: &mut DbConnection, source: crate::db::models::SourceId, uuid: &str, hash_byte: char) -> SessionId {
+    fn seed(
+        conn: &mut DbConnection,
+        source: crate::db::models::SourceId,
+        uuid: &str,
+        hash_byte: char,
+    ) -> SessionId {
         let console = models::upsert_console(
             conn,
             &NewConsole {
@@ -125,8 +147,13 @@ mod tests {
             },
         )
         .unwrap();
-        let hash = |n: char| std::iter::repeat_n(n, 63).chain(std::iter::once(hash_byte)).collect::<String>();
-        let token = models::insert_token(conn, console.id, &hash('a'), Duration::from_secs(600)).unwrap();
+        let hash = |n: char| {
+            std::iter::repeat_n(n, 63)
+                .chain(std::iter::once(hash_byte))
+                .collect::<String>()
+        };
+        let token =
+            models::insert_token(conn, console.id, &hash('a'), Duration::from_secs(600)).unwrap();
         models::insert_token(conn, console.id, &hash('b'), Duration::from_secs(600)).unwrap();
         let id = SessionId::generate();
         let proxy_connection_id = models::allocate_connection_id(conn).unwrap();
@@ -151,27 +178,70 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = db(dir.path()).await;
         let mut conn = db.get().unwrap();
-        let source = models::upsert_source(&mut conn, "lab", "static").unwrap().id;
+        let source = models::upsert_source(&mut conn, "lab", "static")
+            .unwrap()
+            .id;
         let gone = seed(&mut conn, source, DELETED, '1');
         let kept = seed(&mut conn, source, OTHER, '2');
 
         let outcome = apply(&mut conn, &event(DELETED), "node-a").unwrap();
-        assert_eq!(outcome, Outcome { consoles: 1, sessions_terminated: 1, tokens_revoked: 2 });
+        assert_eq!(
+            outcome,
+            Outcome {
+                consoles: 1,
+                sessions_terminated: 1,
+                tokens_revoked: 2
+            }
+        );
         let pending = models::pending_terminations(&mut conn).unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending.first().unwrap().session_id, gone);
         assert_eq!(pending.first().unwrap().requested_by, REQUESTED_BY);
-        assert!(models::consoles_for_instance(&mut conn, DELETED).unwrap().iter().all(|c| c.stale));
-        assert!(models::consoles_for_instance(&mut conn, OTHER).unwrap().iter().all(|c| !c.stale));
+        assert!(
+            models::consoles_for_instance(&mut conn, DELETED)
+                .unwrap()
+                .iter()
+                .all(|c| c.stale)
+        );
+        assert!(
+            models::consoles_for_instance(&mut conn, OTHER)
+                .unwrap()
+                .iter()
+                .all(|c| !c.stale)
+        );
         assert!(models::get_session(&mut conn, &kept).unwrap().is_live());
-        let audit = models::list_events(&mut conn, &models::AuditFilter { event_type: Some("nova.instance.delete.end".into()), ..Default::default() }, None, 100).unwrap();
+        let audit = models::list_events(
+            &mut conn,
+            &models::AuditFilter {
+                event_type: Some("nova.instance.delete.end".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .unwrap();
         assert_eq!(audit.len(), 1);
-        assert!(audit.first().unwrap().message.contains("instance.delete.end"), "{audit:?}");
+        assert!(
+            audit
+                .first()
+                .unwrap()
+                .message
+                .contains("instance.delete.end"),
+            "{audit:?}"
+        );
 
         // Delivered again (a lost ack): nothing more to revoke or terminate.
         let again = apply(&mut conn, &event(DELETED), "node-a").unwrap();
         assert_eq!((again.tokens_revoked, again.consoles), (0, 1));
         // An instance kerbside never saw: no change, no audit row.
-        assert_eq!(apply(&mut conn, &event("11111111-2222-3333-4444-555555555555"), "node-a").unwrap(), Outcome::default());
+        assert_eq!(
+            apply(
+                &mut conn,
+                &event("11111111-2222-3333-4444-555555555555"),
+                "node-a"
+            )
+            .unwrap(),
+            Outcome::default()
+        );
     }
 }

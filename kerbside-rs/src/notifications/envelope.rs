@@ -61,8 +61,15 @@ impl Notification {
     pub fn versioned(&self) -> Option<VersionedPayload<'_>> {
         let name = self.payload.get("nova_object.name")?.as_str()?;
         let data = self.payload.get("nova_object.data")?.as_object()?;
-        let version = self.payload.get("nova_object.version").and_then(Value::as_str);
-        Some(VersionedPayload { name, version, data })
+        let version = self
+            .payload
+            .get("nova_object.version")
+            .and_then(Value::as_str);
+        Some(VersionedPayload {
+            name,
+            version,
+            data,
+        })
     }
 }
 
@@ -72,7 +79,8 @@ impl Notification {
 /// [`NotifyError::Malformed`] when the body is not a JSON object, the envelope is broken or of
 /// another major version, or there is no usable `event_type`.
 pub fn parse(body: &[u8]) -> Result<Notification, NotifyError> {
-    let outer: Value = serde_json::from_slice(body).map_err(|e| NotifyError::malformed(format!("not JSON: {e}")))?;
+    let outer: Value = serde_json::from_slice(body)
+        .map_err(|e| NotifyError::malformed(format!("not JSON: {e}")))?;
     let Value::Object(mut outer) = outer else {
         return Err(NotifyError::malformed("not a JSON object"));
     };
@@ -81,9 +89,16 @@ pub fn parse(body: &[u8]) -> Result<Notification, NotifyError> {
             match outer.get("oslo.version") {
                 Some(Value::String(v)) if v.split('.').next() == Some(OSLO_MAJOR) => {}
                 Some(Value::String(v)) => {
-                    return Err(NotifyError::malformed(format!("unsupported oslo.version '{}'", truncate(v, 16))));
+                    return Err(NotifyError::malformed(format!(
+                        "unsupported oslo.version '{}'",
+                        truncate(v, 16)
+                    )));
                 }
-                _ => return Err(NotifyError::malformed("oslo.message without an oslo.version string")),
+                _ => {
+                    return Err(NotifyError::malformed(
+                        "oslo.message without an oslo.version string",
+                    ));
+                }
             }
             let inner: Value = serde_json::from_str(&inner)
                 .map_err(|e| NotifyError::malformed(format!("oslo.message is not JSON: {e}")))?;
@@ -97,7 +112,9 @@ pub fn parse(body: &[u8]) -> Result<Notification, NotifyError> {
     };
     let event_type = match message.remove("event_type") {
         Some(Value::String(s)) if !s.is_empty() && s.len() <= MAX_EVENT_TYPE => s,
-        Some(Value::String(s)) if s.is_empty() => return Err(NotifyError::malformed("empty event_type")),
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(NotifyError::malformed("empty event_type"));
+        }
         Some(Value::String(_)) => return Err(NotifyError::malformed("event_type too long")),
         Some(_) => return Err(NotifyError::malformed("event_type is not a string")),
         None => return Err(NotifyError::malformed("no event_type")),
@@ -111,7 +128,15 @@ pub fn parse(body: &[u8]) -> Result<Notification, NotifyError> {
     let message_id = text("message_id");
     let timestamp = text("timestamp");
     let payload = message.remove("payload").unwrap_or(Value::Null);
-    Ok(Notification { event_type, publisher_id, priority, message_id, timestamp, payload, wrapping })
+    Ok(Notification {
+        event_type,
+        publisher_id,
+        priority,
+        message_id,
+        timestamp,
+        payload,
+        wrapping,
+    })
 }
 
 /// `s` cut to at most `max` characters (for error messages about hostile input).
@@ -125,7 +150,10 @@ mod tests {
     use serde_json::json;
 
     fn fixture(name: &str) -> Value {
-        let path = format!("{}/../tests/fixtures/notifications/nova/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../tests/fixtures/notifications/nova/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
     }
 
@@ -133,11 +161,18 @@ mod tests {
     fn oslo_wrap(inner: &Value) -> Vec<u8> {
         let mut inner = inner.clone();
         let m = inner.as_object_mut().unwrap();
-        m.insert("message_id".into(), json!("5c3bd5a6-0a5f-4d0e-9f53-1b1a4c1d8a10"));
+        m.insert(
+            "message_id".into(),
+            json!("5c3bd5a6-0a5f-4d0e-9f53-1b1a4c1d8a10"),
+        );
         m.insert("timestamp".into(), json!("2026-11-22 12:00:00.123456"));
         m.insert("_context_request_id".into(), json!("req-1"));
-        m.insert("_unique_id".into(), json!("0f1e2d3c4b5a69788796a5b4c3d2e1f0"));
-        serde_json::to_vec(&json!({"oslo.version": "2.0", "oslo.message": inner.to_string()})).unwrap()
+        m.insert(
+            "_unique_id".into(),
+            json!("0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
+        );
+        serde_json::to_vec(&json!({"oslo.version": "2.0", "oslo.message": inner.to_string()}))
+            .unwrap()
     }
 
     #[test]
@@ -147,12 +182,18 @@ mod tests {
         assert_eq!(n.event_type, "instance.delete.end");
         assert_eq!(n.publisher_id.as_deref(), Some("nova-compute:compute"));
         assert_eq!(n.priority.as_deref(), Some("INFO"));
-        assert_eq!(n.message_id.as_deref(), Some("5c3bd5a6-0a5f-4d0e-9f53-1b1a4c1d8a10"));
+        assert_eq!(
+            n.message_id.as_deref(),
+            Some("5c3bd5a6-0a5f-4d0e-9f53-1b1a4c1d8a10")
+        );
         assert_eq!(n.timestamp.as_deref(), Some("2026-11-22 12:00:00.123456"));
         let v = n.versioned().unwrap();
         assert_eq!(v.name, "InstanceActionPayload");
         assert_eq!(v.version, Some("1.9"));
-        assert_eq!(v.data.get("uuid"), Some(&json!("178b0921-8f85-4257-88b6-2e743b5a975c")));
+        assert_eq!(
+            v.data.get("uuid"),
+            Some(&json!("178b0921-8f85-4257-88b6-2e743b5a975c"))
+        );
         assert_eq!(v.data.get("state"), Some(&json!("deleted")));
     }
 
@@ -167,12 +208,16 @@ mod tests {
 
     #[test]
     fn every_fixture_parses() {
-        let dir = format!("{}/../tests/fixtures/notifications/nova", env!("CARGO_MANIFEST_DIR"));
+        let dir = format!(
+            "{}/../tests/fixtures/notifications/nova",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let mut n = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "json") {
-                let value: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                let value: Value =
+                    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
                 let parsed = parse(&oslo_wrap(&value)).unwrap();
                 assert!(parsed.versioned().is_some(), "{}", path.display());
                 n += 1;
@@ -198,17 +243,39 @@ mod tests {
             (br#"{"payload": {}}"#.to_vec(), "no event_type"),
             (br#"{"event_type": 7}"#.to_vec(), "not a string"),
             (br#"{"event_type": ""}"#.to_vec(), "empty event_type"),
-            (br#"{"oslo.version": "2.0", "oslo.message": "{\"event_type\": "}"#.to_vec(), "oslo.message is not JSON"),
-            (br#"{"oslo.version": "2.0", "oslo.message": {"event_type": "x"}}"#.to_vec(), "not a string"),
-            (br#"{"oslo.version": "3.0", "oslo.message": "{\"event_type\": \"x\"}"}"#.to_vec(), "unsupported oslo.version"),
-            (br#"{"oslo.message": "{\"event_type\": \"x\"}"}"#.to_vec(), "without an oslo.version"),
-            (br#"{"oslo.version": "2.0", "oslo.message": "[]"}"#.to_vec(), "not a JSON object"),
-            (br#"{"oslo.version": "2.0", "oslo.message": "{}"}"#.to_vec(), "no event_type"),
+            (
+                br#"{"oslo.version": "2.0", "oslo.message": "{\"event_type\": "}"#.to_vec(),
+                "oslo.message is not JSON",
+            ),
+            (
+                br#"{"oslo.version": "2.0", "oslo.message": {"event_type": "x"}}"#.to_vec(),
+                "not a string",
+            ),
+            (
+                br#"{"oslo.version": "3.0", "oslo.message": "{\"event_type\": \"x\"}"}"#.to_vec(),
+                "unsupported oslo.version",
+            ),
+            (
+                br#"{"oslo.message": "{\"event_type\": \"x\"}"}"#.to_vec(),
+                "without an oslo.version",
+            ),
+            (
+                br#"{"oslo.version": "2.0", "oslo.message": "[]"}"#.to_vec(),
+                "not a JSON object",
+            ),
+            (
+                br#"{"oslo.version": "2.0", "oslo.message": "{}"}"#.to_vec(),
+                "no event_type",
+            ),
         ];
         for (body, want) in cases {
             let e = parse(&body).unwrap_err();
             assert!(matches!(e, NotifyError::Malformed { .. }));
-            assert!(e.to_string().contains(want), "{}: {e}", String::from_utf8_lossy(&body));
+            assert!(
+                e.to_string().contains(want),
+                "{}: {e}",
+                String::from_utf8_lossy(&body)
+            );
         }
     }
 }

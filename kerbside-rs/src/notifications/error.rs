@@ -96,20 +96,26 @@ pub enum NotifyError {
 impl NotifyError {
     /// A malformed-notification error.
     pub fn malformed(reason: impl Into<String>) -> Self {
-        Self::Malformed { reason: reason.into() }
+        Self::Malformed {
+            reason: reason.into(),
+        }
     }
 
     /// Whether the broker refused kerbside's exchange or queue declaration because they
     /// exist with other settings: a human must change the configuration (or the broker).
     #[must_use]
     pub fn is_config_mismatch(&self) -> bool {
-        matches!(self, Self::ExchangeMismatch { .. } | Self::QueueMismatch { .. })
+        matches!(
+            self,
+            Self::ExchangeMismatch { .. } | Self::QueueMismatch { .. }
+        )
     }
 
     /// Whether retrying the connection can never help (the configuration is wrong).
     #[must_use]
     pub fn is_fatal_at_start(&self) -> bool {
-        self.is_config_mismatch() || matches!(self, Self::InvalidTransportUrl { .. } | Self::Settings(_))
+        self.is_config_mismatch()
+            || matches!(self, Self::InvalidTransportUrl { .. } | Self::Settings(_))
     }
 }
 

@@ -42,16 +42,37 @@ use crate::shutdown::Shutdown;
 ///
 /// # Errors
 /// No or an invalid `transport_url`; exchange or queue settings that do not match the broker.
-pub async fn start(config: Arc<Config>, db: Db, metrics: Arc<Metrics>, shutdown: Shutdown) -> Result<(), NotifyError> {
-    let url = config.notification_transport_url().ok_or_else(|| NotifyError::InvalidTransportUrl {
-        reason: "no transport_url is set in [oslo_messaging_notifications] or [DEFAULT]".to_owned(),
-    })?;
+pub async fn start(
+    config: Arc<Config>,
+    db: Db,
+    metrics: Arc<Metrics>,
+    shutdown: Shutdown,
+) -> Result<(), NotifyError> {
+    let url =
+        config
+            .notification_transport_url()
+            .ok_or_else(|| NotifyError::InvalidTransportUrl {
+                reason: "no transport_url is set in [oslo_messaging_notifications] or [DEFAULT]"
+                    .to_owned(),
+            })?;
     let transport = transport::TransportUrl::parse(url.expose())?;
-    let consumer = consumer::Consumer::new(&config, transport.clone(), handlers::Dispatcher::nova(), db, metrics, shutdown.clone());
+    let consumer = consumer::Consumer::new(
+        &config,
+        transport.clone(),
+        handlers::Dispatcher::nova(),
+        db,
+        metrics,
+        shutdown.clone(),
+    );
     if consumer.topology().queues.is_empty() {
-        return Err(NotifyError::Settings("[oslo_messaging_notifications] topics is empty: nothing to consume".to_owned()));
+        return Err(NotifyError::Settings(
+            "[oslo_messaging_notifications] topics is empty: nothing to consume".to_owned(),
+        ));
     }
-    tracing::info!(broker = %transport.redacted(), topology = ?consumer.topology(), "starting the Nova notification consumer");
+    let t = consumer.topology();
+    tracing::info!(broker = %transport.redacted(), exchange = %t.exchange, durable = t.durable, queue_type = ?t.queue_type,
+        prefetch = t.prefetch, dead_letter_exchange = t.dead_letter_exchange.as_deref().unwrap_or(""),
+        "starting the Nova notification consumer");
     let (tx, rx) = tokio::sync::oneshot::channel();
     shutdown.tracker().spawn(consumer.run(tx));
     match rx.await {

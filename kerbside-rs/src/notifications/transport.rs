@@ -67,7 +67,11 @@ impl TransportUrl {
         let mut tls = match scheme.as_str() {
             "rabbit" | "amqp" | "kombu+rabbit" => false,
             "amqps" => true,
-            other => return Err(invalid(format!("unsupported scheme '{other}': expected rabbit://"))),
+            other => {
+                return Err(invalid(format!(
+                    "unsupported scheme '{other}': expected rabbit://"
+                )));
+            }
         };
         let (before_query, query) = match rest.split_once('?') {
             Some((a, q)) => (a, Some(q)),
@@ -87,7 +91,10 @@ impl TransportUrl {
             for pair in query.split('&') {
                 let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
                 if key == "ssl" {
-                    tls = matches!(value.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on");
+                    tls = matches!(
+                        value.to_ascii_lowercase().as_str(),
+                        "1" | "true" | "yes" | "on"
+                    );
                 }
             }
         }
@@ -96,19 +103,26 @@ impl TransportUrl {
         for (i, part) in netloc.split(',').enumerate() {
             let n = i + 1;
             let (userinfo, hostport) = match part.rfind('@') {
-                Some(at) => (Some(part.get(..at).unwrap_or_default()), part.get(at + 1..).unwrap_or_default()),
+                Some(at) => (
+                    Some(part.get(..at).unwrap_or_default()),
+                    part.get(at + 1..).unwrap_or_default(),
+                ),
                 None => (None, part),
             };
-            let (host, port) = split_host_port(hostport).map_err(|e| invalid(format!("host {n}: {e}")))?;
+            let (host, port) =
+                split_host_port(hostport).map_err(|e| invalid(format!("host {n}: {e}")))?;
             let port = port.unwrap_or(default_port);
             let (username, password) = match userinfo {
                 Some(info) => {
                     let (user, pass) = info.split_once(':').unwrap_or((info, ""));
                     (
-                        percent_decode(user).map_err(|e| invalid(format!("host {n} user name: {e}")))?,
-                        SecretString::from(
-                            percent_decode(pass).map_err(|_| invalid(format!("host {n}: the password is not valid percent-encoded UTF-8")))?,
-                        ),
+                        percent_decode(user)
+                            .map_err(|e| invalid(format!("host {n} user name: {e}")))?,
+                        SecretString::from(percent_decode(pass).map_err(|_| {
+                            invalid(format!(
+                                "host {n}: the password is not valid percent-encoded UTF-8"
+                            ))
+                        })?),
                     )
                 }
                 // oslo: a host without credentials uses the previous host's.
@@ -117,9 +131,19 @@ impl TransportUrl {
                     None => ("guest".to_owned(), SecretString::from("guest".to_owned())),
                 },
             };
-            hosts.push(BrokerHost { host, port, username, password });
+            hosts.push(BrokerHost {
+                host,
+                port,
+                username,
+                password,
+            });
         }
-        Ok(TransportUrl { hosts, vhost, tls, scheme })
+        Ok(TransportUrl {
+            hosts,
+            vhost,
+            tls,
+            scheme,
+        })
     }
 
     /// The URL with every password replaced by `***`, for logs and errors.
@@ -129,11 +153,19 @@ impl TransportUrl {
             .hosts
             .iter()
             .map(|h| {
-                let host = if h.host.contains(':') { format!("[{}]", h.host) } else { h.host.clone() };
+                let host = if h.host.contains(':') {
+                    format!("[{}]", h.host)
+                } else {
+                    h.host.clone()
+                };
                 format!("{}:***@{host}:{}", h.username, h.port)
             })
             .collect();
-        let vhost = if self.vhost == "/" { String::new() } else { self.vhost.clone() };
+        let vhost = if self.vhost == "/" {
+            String::new()
+        } else {
+            self.vhost.clone()
+        };
         format!("{}://{}/{vhost}", self.scheme, hosts.join(","))
     }
 
@@ -168,7 +200,11 @@ impl TransportUrl {
     pub fn amqp_uri(&self, index: usize) -> Option<(AMQPUri, String)> {
         let host = self.hosts.get(index.checked_rem(self.hosts.len())?)?;
         let uri = AMQPUri {
-            scheme: if self.tls { AMQPScheme::AMQPS } else { AMQPScheme::AMQP },
+            scheme: if self.tls {
+                AMQPScheme::AMQPS
+            } else {
+                AMQPScheme::AMQP
+            },
             authority: AMQPAuthority {
                 userinfo: AMQPUserInfo {
                     username: host.username.clone(),
@@ -184,9 +220,18 @@ impl TransportUrl {
                 ..AMQPQueryString::default()
             },
         };
-        let hostname = if host.host.contains(':') { format!("[{}]", host.host) } else { host.host.clone() };
+        let hostname = if host.host.contains(':') {
+            format!("[{}]", host.host)
+        } else {
+            host.host.clone()
+        };
         let scheme = if self.tls { "amqps" } else { "amqp" };
-        let shown = format!("{scheme}://{}:***@{hostname}:{}/{}", host.username, host.port, self.vhost.trim_start_matches('/'));
+        let shown = format!(
+            "{scheme}://{}:***@{hostname}:{}/{}",
+            host.username,
+            host.port,
+            self.vhost.trim_start_matches('/')
+        );
         Some((uri, shown))
     }
 }
@@ -252,13 +297,22 @@ mod tests {
 
     #[test]
     fn kolla_cluster_url_rotates_hosts() {
-        let u = TransportUrl::parse("rabbit://openstack:pw1@10.0.0.1:5672,openstack:pw2@10.0.0.2:5672,10.0.0.3//").unwrap();
+        let u = TransportUrl::parse(
+            "rabbit://openstack:pw1@10.0.0.1:5672,openstack:pw2@10.0.0.2:5672,10.0.0.3//",
+        )
+        .unwrap();
         assert_eq!(u.len(), 3);
         assert_eq!(u.vhost, "/");
         assert_eq!(u.amqp_uri(1).unwrap().0.authority.userinfo.password, "pw2");
         // The third host has no credentials: it reuses the previous host's.
         let (third, _) = u.amqp_uri(2).unwrap();
-        assert_eq!((third.authority.host.as_str(), third.authority.userinfo.password.as_str()), ("10.0.0.3", "pw2"));
+        assert_eq!(
+            (
+                third.authority.host.as_str(),
+                third.authority.userinfo.password.as_str()
+            ),
+            ("10.0.0.3", "pw2")
+        );
         assert_eq!(third.authority.port, 5672);
         assert_eq!(u.amqp_uri(3).unwrap().0.authority.host, "10.0.0.1");
         let shown = u.redacted();
@@ -274,12 +328,25 @@ mod tests {
         assert_eq!(uri.scheme, AMQPScheme::AMQPS);
         assert_eq!(uri.authority.host, "fd00::1");
         assert_eq!(shown, "amqps://u:***@[fd00::1]:5671/nova");
-        assert_eq!(TransportUrl::parse("amqps://u:p@h").unwrap().hosts.first().unwrap().port, 5671);
+        assert_eq!(
+            TransportUrl::parse("amqps://u:p@h")
+                .unwrap()
+                .hosts
+                .first()
+                .unwrap()
+                .port,
+            5671
+        );
     }
 
     #[test]
     fn bad_urls_do_not_echo_the_password() {
-        for bad in ["http://u:hunter2@h/", "rabbit://u:hunter2@h:notaport/", "rabbit//u:hunter2@h", "rabbit://u:hunter2%zz@h/"] {
+        for bad in [
+            "http://u:hunter2@h/",
+            "rabbit://u:hunter2@h:notaport/",
+            "rabbit//u:hunter2@h",
+            "rabbit://u:hunter2%zz@h/",
+        ] {
             let e = TransportUrl::parse(bad).unwrap_err().to_string();
             assert!(!e.contains("hunter2"), "{bad}: {e}");
         }

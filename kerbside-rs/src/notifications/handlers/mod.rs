@@ -75,7 +75,11 @@ pub trait Handler: Send + Sync {
     ///
     /// # Errors
     /// [`NotifyError::Malformed`] when the payload lacks what the plan needs.
-    fn plan(&self, event_type: &'static str, notification: &Notification) -> Result<Plan, NotifyError>;
+    fn plan(
+        &self,
+        event_type: &'static str,
+        notification: &Notification,
+    ) -> Result<Plan, NotifyError>;
 }
 
 /// Routes notifications to the handler that declared their event type.
@@ -88,7 +92,9 @@ impl std::fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut types: Vec<&&str> = self.routes.keys().collect();
         types.sort();
-        f.debug_struct("Dispatcher").field("event_types", &types).finish()
+        f.debug_struct("Dispatcher")
+            .field("event_types", &types)
+            .finish()
     }
 }
 
