@@ -851,6 +851,30 @@ async fn durability_mismatch_is_a_clear_start_error() -> Result<()> {
     );
     assert!(err.contains("queue_type = quorum"), "{err}");
     rabbit.cleanup().await?;
+
+    // DevStack-style non-durable exchange, Kolla-style configuration.
+    let rabbit = TestRabbit::new().await?;
+    rabbit.declare_exchange(false).await?;
+    let spec = NodeSpec {
+        dir: dir.path(),
+        name: "node-c",
+        transport_url: rabbit.transport_url().to_owned(),
+        rabbit: &rabbit,
+        consoles: &[],
+        notifications: "queue_type = quorum\n",
+        pki: None,
+    };
+    let err = match start_node(&spec, &[Component::Notifications]).await {
+        Ok(_) => {
+            bail!("kerbside started although the exchange is not durable and the configuration is")
+        }
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("set [notifications] durable = false and queue_type = classic"),
+        "{err}"
+    );
+    rabbit.cleanup().await?;
     Ok(())
 }
 

@@ -682,6 +682,50 @@ mod tests {
         }
     }
 
+    fn config(text: &str) -> Config {
+        let mut problems = Vec::new();
+        let mut raw = crate::config::RawConfig::default();
+        raw.add_text(std::path::Path::new("k.conf"), 0, text, &mut problems);
+        Config::from_raw(raw, problems).unwrap().config
+    }
+
+    #[test]
+    fn topology_from_config() {
+        let t = Topology::from_config(&config(""));
+        assert_eq!(t.exchange, "nova");
+        assert!(!t.durable);
+        assert_eq!(
+            t.queues,
+            [QueueSpec {
+                name: "versioned_notifications.kerbside".into(),
+                routing_keys: vec![
+                    "versioned_notifications.info".into(),
+                    "versioned_notifications.error".into()
+                ],
+            }]
+        );
+        assert_eq!(t.prefetch, 10);
+        assert_eq!(t.dead_letter_exchange, None);
+
+        let t = Topology::from_config(&config(
+            "[oslo_messaging_notifications]\ntopics = versioned_notifications,kerbside_notifications\n\
+             [notifications]\nqueue_type = quorum\npool_name = az1\nprefetch_count = 0\ndead_letter_exchange = dead\n",
+        ));
+        // oslo.messaging: a quorum queue means a durable exchange and queue.
+        assert!(t.durable);
+        let names: Vec<&str> = t.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["versioned_notifications.az1", "kerbside_notifications.az1"]
+        );
+        assert_eq!(t.prefetch, 1, "prefetch is always bounded");
+        assert_eq!(t.dead_letter_exchange.as_deref(), Some("dead"));
+        assert_eq!(
+            t.declared(),
+            "durable = true, queue_type = quorum, dead_letter_exchange = dead"
+        );
+    }
+
     #[test]
     fn metric_labels() {
         assert_eq!(metric_label("instance.delete.end"), "instance.delete.end");

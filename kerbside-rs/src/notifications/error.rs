@@ -32,10 +32,8 @@ pub enum NotifyError {
     /// The exchange exists with other settings than `[notifications]` asks for.
     #[error(
         "the exchange '{exchange}' exists with different settings than kerbside declares \
-         (durable = {durable}): {detail}. Set [notifications] durable = {} to match the \
-         deployment (Kolla-Ansible with rabbit_quorum_queue: durable = true and queue_type = \
-         quorum; DevStack: durable = false and queue_type = classic)",
-        !durable
+         (durable = {durable}): {detail}. {}",
+        exchange_hint(*durable)
     )]
     ExchangeMismatch {
         /// The exchange.
@@ -116,6 +114,17 @@ impl NotifyError {
     pub fn is_fatal_at_start(&self) -> bool {
         self.is_config_mismatch()
             || matches!(self, Self::InvalidTransportUrl { .. } | Self::Settings(_))
+    }
+}
+
+/// What to change when the exchange's durability differs from what kerbside declared.
+fn exchange_hint(declared_durable: bool) -> &'static str {
+    if declared_durable {
+        "The exchange is not durable (DevStack-style): set [notifications] durable = false and \
+         queue_type = classic (a quorum queue implies durable)"
+    } else {
+        "The exchange is durable (Kolla-Ansible-style): set [notifications] durable = true, or \
+         queue_type = quorum when the deployment uses quorum queues (rabbit_quorum_queue)"
     }
 }
 
