@@ -13,6 +13,8 @@
 //! - [`spice`]: pure SPICE protocol code (link stage, capabilities, tickets, message framing).
 //! - [`metrics`]: Prometheus metrics and their endpoint.
 //! - [`proxy`]: the SPICE proxy.
+//! - [`notifications`]: the Nova notification consumer (ends console access when instances
+//!   are deleted, stopped or moved).
 //! - [`service`]: starting and stopping the components.
 //! - [`cli`]: the command lines of `kerbside` and `kerbside-manage`.
 
@@ -22,6 +24,7 @@ pub mod config;
 pub mod db;
 pub mod manage;
 pub mod metrics;
+pub mod notifications;
 pub mod proxy;
 pub mod service;
 pub mod shutdown;

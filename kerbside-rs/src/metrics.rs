@@ -19,6 +19,23 @@ pub struct Metrics {
     pub registry: Registry,
     /// The SPICE proxy's metrics.
     pub proxy: ProxyMetrics,
+    /// The Nova notification consumer's metrics.
+    pub notifications: NotificationMetrics,
+}
+
+/// Metrics of the Nova notification consumer.
+pub struct NotificationMetrics {
+    /// Deliveries received, by event type (`unparsable` when it could not be read).
+    pub received: IntCounterVec,
+    /// Notifications whose effects were committed, by event type.
+    pub handled: IntCounterVec,
+    /// Notifications needing nothing done (unversioned or not acted on), by event type.
+    pub ignored: IntCounterVec,
+    /// Notifications that could not be processed (malformed, or the database failed), by
+    /// event type.
+    pub failed: IntCounterVec,
+    /// 1 while connected to the broker and consuming, else 0.
+    pub connected: IntGauge,
 }
 
 /// Metrics of the SPICE proxy.
@@ -115,7 +132,20 @@ impl Metrics {
             handshake_seconds,
             terminations,
         };
-        Ok(Arc::new(Metrics { registry, proxy }))
+        let connected = IntGauge::new(
+            "notifications_connected",
+            "1 while the notification consumer is connected to the broker and consuming",
+        )?;
+        registry.register(Box::new(connected.clone()))?;
+        let by_event = &["event_type"];
+        let notifications = NotificationMetrics {
+            received: counter_vec(&registry, "notifications_received_total", "Notifications received by event type", by_event)?,
+            handled: counter_vec(&registry, "notifications_handled_total", "Notifications acted on by event type", by_event)?,
+            ignored: counter_vec(&registry, "notifications_ignored_total", "Notifications needing nothing done by event type", by_event)?,
+            failed: counter_vec(&registry, "notifications_failed_total", "Notifications that could not be processed by event type", by_event)?,
+            connected,
+        };
+        Ok(Arc::new(Metrics { registry, proxy, notifications }))
     }
 
     /// The text exposition of every metric.

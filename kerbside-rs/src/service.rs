@@ -140,6 +140,8 @@ pub struct Running {
     pub shutdown: Shutdown,
     /// The database.
     pub db: Db,
+    /// Every metric of this process (tests read them).
+    pub metrics: Arc<Metrics>,
     metrics_server: Option<actix_web::dev::ServerHandle>,
 }
 
@@ -191,18 +193,20 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
                     .await?,
                 );
             }
-            Component::Api => {
-                return Err("the api component is not part of this build yet".to_owned());
-            }
+            Component::Api => return Err("the api component is not part of this build yet".to_owned()),
             Component::Notifications => {
-                return Err("the notifications component is not part of this build yet".to_owned());
+                let started = crate::notifications::start(config.clone(), db.clone(), metrics.clone(), shutdown.clone()).await;
+                if let Err(e) = started {
+                    // Stop what already started (the proxy) before reporting.
+                    shutdown.stop_now().await;
+                    return Err(e.to_string());
+                }
             }
         }
     }
     let (metrics_server, metrics_addrs) = if config.metrics.enabled {
         let addr = std::net::SocketAddr::new(config.metrics.bind_host, config.metrics.bind_port);
-        let (server, addrs) = crate::metrics::serve(metrics, addr)
-            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        let (server, addrs) = crate::metrics::serve(metrics.clone(), addr).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
         let handle = server.handle();
         tokio::spawn(server);
         (Some(handle), addrs)
@@ -210,13 +214,7 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
         (None, Vec::new())
     };
     shutdown.set_running();
-    Ok(Running {
-        proxy,
-        metrics_addrs,
-        shutdown,
-        db,
-        metrics_server,
-    })
+    Ok(Running { proxy, metrics_addrs, shutdown, db, metrics, metrics_server })
 }
 
 impl Running {

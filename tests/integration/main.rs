@@ -1,7 +1,8 @@
 //! The integration tests: one binary, one module per area. Every test drives real parts
-//! (MariaDB, QEMU, spice-gtk clients); a missing one fails the test.
+//! (MariaDB, RabbitMQ, QEMU, spice-gtk clients); a missing one fails the test.
 
 mod cli;
 mod db;
+mod notifications;
 mod peers;
 mod proxy;

@@ -158,6 +158,9 @@ class Probe:
             self.check_done()
             return
         if event == Spice.ChannelEvent.CLOSED:
+            if self.args.exit_on_close and name == 'main' and self.satisfied_at is not None:
+                # Held open until the server (or a proxy) closed it: report that.
+                self.finish(EXIT_FOR_EVENT[Spice.ChannelEvent.ERROR_IO], 'main:%d closed' % key[1])
             return
         entry['event'] = event.value_nick
         if event in EXIT_FOR_EVENT and (name == 'main' or name in self.wanted):
@@ -260,6 +263,9 @@ def main():
                     help='seconds without new channels before a missing one is "not offered"')
     ap.add_argument('--hold', type=float, default=0.2,
                     help='seconds to stay connected after success (collects more bytes)')
+    ap.add_argument('--exit-on-close', action='store_true',
+                    help='during --hold, end with the I/O code (6) as soon as the main channel '
+                         'is closed, instead of waiting for the hold to pass')
     ap.add_argument('--ppm', help='also wait for a frame on display 0 and write it here (P6)')
     args = ap.parse_args()
     if not args.port and not args.tls_port:

@@ -1,4 +1,4 @@
-//! The test harness: real peers and kerbside itself, for the integration tests.
+//! The test harness: real peers and services, and kerbside itself, for the integration tests.
 //!
 //! - [`require`]: fail loudly when a peer or service is missing.
 //! - [`ports`]: free loopback ports.
@@ -7,14 +7,18 @@
 //! - [`clients`]: spicy-screenshot, the SpiceClientGLib probe, remote-viewer.
 //! - [`spice_client`]: a scripted SPICE client and server.
 //! - [`db`]: `TestDatabase`, a throwaway migrated database on SQLite or MariaDB.
+//! - [`rabbit`]: RabbitMQ with per-test names, publishing Nova notification fixtures.
+//! - [`chaos`]: a TCP relay a test can sever and restore.
 //! - [`app`]: kerbside itself, in-process.
 
 pub mod app;
+pub mod chaos;
 pub mod clients;
 pub mod db;
 pub mod pki;
 pub mod ports;
 mod proc_util;
 pub mod qemu;
+pub mod rabbit;
 pub mod require;
 pub mod spice_client;
