@@ -13,19 +13,19 @@ pub fn deep_check(config: &Config) -> Vec<ConfigProblem> {
         problem("database", "connection", e.to_string());
     }
     let p = &config.proxy;
-    if let (Some(cert), Some(key)) = (&p.cert_file, &p.key_file) {
-        if let Err(e) = crate::proxy::tls::server_config(cert, key) {
-            problem("proxy", "cert_file", e);
-        }
+    if let (Some(cert), Some(key)) = (&p.cert_file, &p.key_file)
+        && let Err(e) = crate::proxy::tls::server_config(cert, key)
+    {
+        problem("proxy", "cert_file", e);
     }
     for (option, path) in [
         ("ca_file", &p.ca_file),
         ("hypervisor_ca_file", &p.hypervisor_ca_file),
     ] {
-        if let Some(path) = path {
-            if let Err(e) = crate::tlsutil::load_certs(path) {
-                problem("proxy", option, e);
-            }
+        if let Some(path) = path
+            && let Err(e) = crate::tlsutil::load_certs(path)
+        {
+            problem("proxy", option, e);
         }
     }
     if let Some(path) = &config.console.sources_file {

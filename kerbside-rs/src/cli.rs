@@ -118,7 +118,7 @@ pub enum TokenCommand {
         /// Console (instance) UUID.
         #[arg(long)]
         console: String,
-        /// Seconds the token is valid (default: [console] token_ttl).
+        /// Seconds the token is valid (default: `[console] token_ttl`).
         #[arg(long)]
         ttl: Option<u64>,
         /// Also write a virt-viewer .vv file here.

@@ -32,11 +32,11 @@ pub async fn run(config: Config, command: ManageCommand) -> Result<(), String> {
 
 async fn connect(config: &Config) -> Result<Db, String> {
     let url = DbUrl::parse(config.database.connection.expose()).map_err(|e| e.to_string())?;
-    if let DbUrl::Sqlite { path } = &url {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-        }
+    if let DbUrl::Sqlite { path } = &url
+        && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     let opts = PoolOptions {
         max_size: 2,

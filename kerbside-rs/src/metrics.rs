@@ -139,13 +139,37 @@ impl Metrics {
         registry.register(Box::new(connected.clone()))?;
         let by_event = &["event_type"];
         let notifications = NotificationMetrics {
-            received: counter_vec(&registry, "notifications_received_total", "Notifications received by event type", by_event)?,
-            handled: counter_vec(&registry, "notifications_handled_total", "Notifications acted on by event type", by_event)?,
-            ignored: counter_vec(&registry, "notifications_ignored_total", "Notifications needing nothing done by event type", by_event)?,
-            failed: counter_vec(&registry, "notifications_failed_total", "Notifications that could not be processed by event type", by_event)?,
+            received: counter_vec(
+                &registry,
+                "notifications_received_total",
+                "Notifications received by event type",
+                by_event,
+            )?,
+            handled: counter_vec(
+                &registry,
+                "notifications_handled_total",
+                "Notifications acted on by event type",
+                by_event,
+            )?,
+            ignored: counter_vec(
+                &registry,
+                "notifications_ignored_total",
+                "Notifications needing nothing done by event type",
+                by_event,
+            )?,
+            failed: counter_vec(
+                &registry,
+                "notifications_failed_total",
+                "Notifications that could not be processed by event type",
+                by_event,
+            )?,
             connected,
         };
-        Ok(Arc::new(Metrics { registry, proxy, notifications }))
+        Ok(Arc::new(Metrics {
+            registry,
+            proxy,
+            notifications,
+        }))
     }
 
     /// The text exposition of every metric.

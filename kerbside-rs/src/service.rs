@@ -90,13 +90,12 @@ pub fn proxy_identity(config: &Config) -> Result<ProxyIdentity, String> {
 /// A one-line message naming the cause.
 pub async fn open_database(config: &Config, migrate_sqlite: bool) -> Result<Db, String> {
     let url = DbUrl::parse(config.database.connection.expose()).map_err(|e| e.to_string())?;
-    if let DbUrl::Sqlite { path } = &url {
-        if let Some(parent) = path.parent() {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-            }
-        }
+    if let DbUrl::Sqlite { path } = &url
+        && let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
     let opts = PoolOptions {
         max_size: config.database.max_pool_size,
@@ -193,9 +192,17 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
                     .await?,
                 );
             }
-            Component::Api => return Err("the api component is not part of this build yet".to_owned()),
+            Component::Api => {
+                return Err("the api component is not part of this build yet".to_owned());
+            }
             Component::Notifications => {
-                let started = crate::notifications::start(config.clone(), db.clone(), metrics.clone(), shutdown.clone()).await;
+                let started = crate::notifications::start(
+                    config.clone(),
+                    db.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                )
+                .await;
                 if let Err(e) = started {
                     // Stop what already started (the proxy) before reporting.
                     shutdown.stop_now().await;
@@ -206,7 +213,8 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
     }
     let (metrics_server, metrics_addrs) = if config.metrics.enabled {
         let addr = std::net::SocketAddr::new(config.metrics.bind_host, config.metrics.bind_port);
-        let (server, addrs) = crate::metrics::serve(metrics.clone(), addr).map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        let (server, addrs) = crate::metrics::serve(metrics.clone(), addr)
+            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
         let handle = server.handle();
         tokio::spawn(server);
         (Some(handle), addrs)
@@ -214,7 +222,14 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
         (None, Vec::new())
     };
     shutdown.set_running();
-    Ok(Running { proxy, metrics_addrs, shutdown, db, metrics, metrics_server })
+    Ok(Running {
+        proxy,
+        metrics_addrs,
+        shutdown,
+        db,
+        metrics,
+        metrics_server,
+    })
 }
 
 impl Running {

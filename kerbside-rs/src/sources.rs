@@ -113,15 +113,15 @@ pub fn parse(text: &str) -> Result<Vec<StaticSource>, String> {
         }
         let consoles = validate_consoles(&entry);
         let ca_cert = entry.ca_cert.clone();
-        if let Some(ca) = &ca_cert {
-            if let Err(e) = crate::tlsutil::parse_certs(ca) {
-                out.push(StaticSource {
-                    name: entry.source,
-                    ca_cert: None,
-                    consoles: Err(format!("ca_cert: {e}")),
-                });
-                continue;
-            }
+        if let Some(ca) = &ca_cert
+            && let Err(e) = crate::tlsutil::parse_certs(ca)
+        {
+            out.push(StaticSource {
+                name: entry.source,
+                ca_cert: None,
+                consoles: Err(format!("ca_cert: {e}")),
+            });
+            continue;
         }
         out.push(StaticSource {
             name: entry.source,
@@ -155,12 +155,12 @@ fn validate_consoles(entry: &SourceEntry) -> Result<Vec<NewConsoleSpec>, String>
         if matches!(c.insecure_port, Some(0)) || matches!(c.secure_port, Some(0)) {
             return Err(at("ports must be 1-65535".to_owned()));
         }
-        if let Some(ticket) = &c.ticket {
-            if ticket.len() > 60 || ticket.contains('\0') {
-                return Err(at(
-                    "ticket must be at most 60 bytes without NUL (a SPICE limit)".to_owned(),
-                ));
-            }
+        if let Some(ticket) = &c.ticket
+            && (ticket.len() > 60 || ticket.contains('\0'))
+        {
+            return Err(at(
+                "ticket must be at most 60 bytes without NUL (a SPICE limit)".to_owned(),
+            ));
         }
         if let Some(subject) = &c.host_subject {
             crate::tlsutil::parse_host_subject(subject)

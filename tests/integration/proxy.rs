@@ -711,15 +711,33 @@ async fn terminate_ends_a_live_session() -> Result<()> {
 async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<()> {
     require_all(&["qemu", "mariadb"])?;
     let database = kerbside_tests::db::TestDatabase::mariadb().await?;
-    let url = kerbside_tests::db::with_database(&kerbside_tests::db::mariadb_server_url(), database.mariadb_name().context("mariadb")?);
-    let server = SpiceServer::builder().password(Some("two-nodes")).start().await?;
+    let url = kerbside_tests::db::with_database(
+        &kerbside_tests::db::mariadb_server_url(),
+        database.mariadb_name().context("mariadb")?,
+    );
+    let server = SpiceServer::builder()
+        .password(Some("two-nodes"))
+        .start()
+        .await?;
     let console = TestConsole::for_server(&server);
-    let node_a = TestApp::builder().console(console.clone()).database(&url).node("node-a").start().await?;
+    let node_a = TestApp::builder()
+        .console(console.clone())
+        .database(&url)
+        .node("node-a")
+        .start()
+        .await?;
 
     // A second kerbside process on the same database: another node.
-    let [tls_b, plain_b] = kerbside_tests::ports::free_ports(2)?[..] else { anyhow::bail!("ports") };
+    let [tls_b, plain_b] = kerbside_tests::ports::free_ports(2)?[..] else {
+        anyhow::bail!("ports")
+    };
     let b_conf = node_a.dir().join("node-b.conf");
-    std::fs::write(&b_conf, format!("[DEFAULT]\nnode_name = node-b\n[proxy]\ntls_port = {tls_b}\ninsecure_port = {plain_b}\n[metrics]\nenabled = false\n"))?;
+    std::fs::write(
+        &b_conf,
+        format!(
+            "[DEFAULT]\nnode_name = node-b\n[proxy]\ntls_port = {tls_b}\ninsecure_port = {plain_b}\n[metrics]\nenabled = false\n"
+        ),
+    )?;
     let mut args = node_a.config_args();
     args.truncate(4); // the main file and the test's overrides, not node A's ports
     let mut process_b = tokio::process::Command::new(program("kerbside")?)
@@ -731,22 +749,51 @@ async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<(
         .stderr(std::fs::File::create(node_a.dir().join("node-b.log"))?)
         .spawn()?;
     let b_addr: std::net::SocketAddr = format!("127.0.0.1:{tls_b}").parse()?;
-    let up = eventually(Duration::from_secs(20), || async { Ok(tokio::net::TcpStream::connect(b_addr).await.is_ok()) }).await?;
+    let up = eventually(Duration::from_secs(20), || async {
+        Ok(tokio::net::TcpStream::connect(b_addr).await.is_ok())
+    })
+    .await?;
     assert!(up, "node B did not start");
 
     // The session's main channel on node B, its display channel on node A.
     let token = node_a.mint_token(&console.uuid, TTL).await?;
-    let on_b = ClientOptions { addr: b_addr, ..node_a.client() };
-    let mut main = spice_client::link(&on_b, ChannelType::Main, 0, 0, &token).await?.map_err(|e| anyhow::anyhow!("main on B: {e}"))?;
+    let on_b = ClientOptions {
+        addr: b_addr,
+        ..node_a.client()
+    };
+    let mut main = spice_client::link(&on_b, ChannelType::Main, 0, 0, &token)
+        .await?
+        .map_err(|e| anyhow::anyhow!("main on B: {e}"))?;
     let (_, init) = spice_client::read_message(&mut main.stream).await?;
     let connection_id = u32::from_le_bytes(init[..4].try_into()?);
-    let mut display = spice_client::link(&node_a.client(), ChannelType::Display, 0, connection_id, &token).await?.map_err(|e| anyhow::anyhow!("display on A: {e}"))?;
-    let session = node_a.sessions(true).await?.into_iter().next().context("no live session")?;
+    let mut display = spice_client::link(
+        &node_a.client(),
+        ChannelType::Display,
+        0,
+        connection_id,
+        &token,
+    )
+    .await?
+    .map_err(|e| anyhow::anyhow!("display on A: {e}"))?;
+    let session = node_a
+        .sessions(true)
+        .await?
+        .into_iter()
+        .next()
+        .context("no live session")?;
     assert_eq!(session.node, "node-b");
 
     let id = session.id.clone();
-    node_a.db().run(move |conn| kerbside::db::models::request_termination(conn, &id, "moved by test", "test")).await?;
-    for (name, stream) in [("main on node B", &mut main.stream), ("display on node A", &mut display.stream)] {
+    node_a
+        .db()
+        .run(move |conn| {
+            kerbside::db::models::request_termination(conn, &id, "moved by test", "test")
+        })
+        .await?;
+    for (name, stream) in [
+        ("main on node B", &mut main.stream),
+        ("display on node A", &mut display.stream),
+    ] {
         let mut buf = vec![0u8; 65536];
         let closed = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
@@ -760,18 +807,25 @@ async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<(
         assert!(closed.is_ok(), "{name} stayed open after termination");
     }
     let ended = eventually(Duration::from_secs(5), || async {
-        Ok(node_a.sessions(false).await?.iter().any(|s| s.id == session.id && s.end_reason.as_deref() == Some("terminated: moved by test")))
+        Ok(node_a.sessions(false).await?.iter().any(|s| {
+            s.id == session.id && s.end_reason.as_deref() == Some("terminated: moved by test")
+        }))
     })
     .await?;
     assert!(
         ended,
         "node B did not record the termination: {:?}\nterminations: {:?}\nnode B log:\n{}",
         node_a.sessions(false).await?,
-        node_a.db().run(|conn| {
-            use diesel::prelude::*;
-            use kerbside::db::schema::session_terminations::dsl::*;
-            Ok(session_terminations.select(kerbside::db::models::SessionTermination::as_select()).load(conn)?)
-        }).await?,
+        node_a
+            .db()
+            .run(|conn| {
+                use diesel::prelude::*;
+                use kerbside::db::schema::session_terminations::dsl::*;
+                Ok(session_terminations
+                    .select(kerbside::db::models::SessionTermination::as_select())
+                    .load(conn)?)
+            })
+            .await?,
         std::fs::read_to_string(node_a.dir().join("node-b.log")).unwrap_or_default()
     );
     process_b.start_kill()?;
@@ -780,52 +834,106 @@ async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<(
     Ok(())
 }
 
-
-
 #[tokio::test]
 async fn ipv6_old_clients_full_headers_and_limits() -> Result<()> {
     require_all(&["qemu"])?;
     let server = SpiceServer::builder().password(Some("v6")).start().await?;
     let console = TestConsole::for_server(&server);
-    let app = TestApp::builder().console(console.clone()).ini("[proxy]\nbind_host = ::1\nmax_sessions = 1").start().await?;
+    let app = TestApp::builder()
+        .console(console.clone())
+        .ini("[proxy]\nbind_host = ::1\nmax_sessions = 1")
+        .start()
+        .await?;
     let proxy = app.running.proxy.as_ref().context("proxy")?;
-    let v6 = *proxy.tls_addrs.iter().find(|a| a.is_ipv6()).context("no IPv6 listener")?;
+    let v6 = *proxy
+        .tls_addrs
+        .iter()
+        .find(|a| a.is_ipv6())
+        .context("no IPv6 listener")?;
     assert!(proxy.insecure_addrs.iter().any(|a| a.is_ipv6()));
     let token = app.mint_token(&console.uuid, TTL).await?;
 
     // A client without AUTH_SELECTION sends no mechanism word; one without MINI_HEADER gets
     // full headers on both legs.
-    let mut stream = spice_client::connect(&ClientOptions { addr: v6, ..app.client() }).await?;
+    let mut stream = spice_client::connect(&ClientOptions {
+        addr: v6,
+        ..app.client()
+    })
+    .await?;
     let mut caps = kerbside::spice::Caps::default();
     caps.set_common(kerbside::spice::consts::COMMON_CAP_AUTH_SPICE);
-    let reply = spice_client::send_link(&mut stream, &LinkMessage::new(0, ChannelType::Main, 0, caps)).await?;
+    let reply = spice_client::send_link(
+        &mut stream,
+        &LinkMessage::new(0, ChannelType::Main, 0, caps),
+    )
+    .await?;
     assert_eq!(reply.error, LinkError::Ok);
-    assert!(!reply.caps.has_common(kerbside::spice::consts::COMMON_CAP_MINI_HEADER), "MINI_HEADER offered to a client without it");
-    assert!(!reply.caps.has_common(kerbside::spice::consts::COMMON_CAP_AUTH_SASL), "SASL is never offered");
-    let ticket = kerbside::spice::encrypt_ticket(&mut rand::rngs::OsRng, &reply.pub_key, token.as_bytes())?;
+    assert!(
+        !reply
+            .caps
+            .has_common(kerbside::spice::consts::COMMON_CAP_MINI_HEADER),
+        "MINI_HEADER offered to a client without it"
+    );
+    assert!(
+        !reply
+            .caps
+            .has_common(kerbside::spice::consts::COMMON_CAP_AUTH_SASL),
+        "SASL is never offered"
+    );
+    let ticket =
+        kerbside::spice::encrypt_ticket(&mut rand::rngs::OsRng, &reply.pub_key, token.as_bytes())?;
     stream.write_all(&ticket).await?;
     let mut result = [0u8; 4];
     stream.read_exact(&mut result).await?;
-    assert_eq!(u32::from_le_bytes(result), 0, "link over IPv6 without AUTH_SELECTION");
+    assert_eq!(
+        u32::from_le_bytes(result),
+        0,
+        "link over IPv6 without AUTH_SELECTION"
+    );
     let mut header = [0u8; 18];
     stream.read_exact(&mut header).await?;
-    assert_eq!(u64::from_le_bytes(header[..8].try_into()?), 1, "full header: first serial is 1");
-    assert_eq!(u16::from_le_bytes(header[8..10].try_into()?), 103, "full header: MAIN_INIT");
+    assert_eq!(
+        u64::from_le_bytes(header[..8].try_into()?),
+        1,
+        "full header: first serial is 1"
+    );
+    assert_eq!(
+        u16::from_le_bytes(header[8..10].try_into()?),
+        103,
+        "full header: MAIN_INIT"
+    );
 
     // max_sessions = 1: a second session is refused with a link error.
     let second = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token).await?;
-    assert_eq!(second.err(), Some(LinkError::Error), "the session limit must hold");
+    assert_eq!(
+        second.err(),
+        Some(LinkError::Error),
+        "the session limit must hold"
+    );
 
     // Metrics are served over HTTP.
     let metrics_addr = app.running.metrics_addrs.first().context("metrics")?;
     let mut http = tokio::net::TcpStream::connect(metrics_addr).await?;
-    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
     let mut body = String::new();
     http.read_to_string(&mut body).await?;
-    for metric in ["kerbside_proxy_connections_total", "kerbside_proxy_sessions_active 1", "kerbside_proxy_handshake_seconds_bucket", "kerbside_proxy_link_failures_total{reason=\"too_many_sessions\"} 1", "kerbside_proxy_bytes_total{channel=\"main\",direction=\"to_client\"}"] {
-        assert!(body.contains(metric), "{metric} missing from /metrics:\n{body}");
+    for metric in [
+        "kerbside_proxy_connections_total",
+        "kerbside_proxy_sessions_active 1",
+        "kerbside_proxy_handshake_seconds_bucket",
+        "kerbside_proxy_link_failures_total{reason=\"too_many_sessions\"} 1",
+        "kerbside_proxy_bytes_total{channel=\"main\",direction=\"to_client\"}",
+    ] {
+        assert!(
+            body.contains(metric),
+            "{metric} missing from /metrics:\n{body}"
+        );
     }
-    let connected = eventually(Duration::from_secs(5), || async { Ok(!app.audit_events("hypervisor.connected").await?.is_empty()) }).await?;
+    let connected = eventually(Duration::from_secs(5), || async {
+        Ok(!app.audit_events("hypervisor.connected").await?.is_empty())
+    })
+    .await?;
     assert!(connected, "no hypervisor.connected audit event");
     app.stop().await;
     Ok(())

@@ -122,7 +122,11 @@ impl TestAppBuilder {
         kerbside::telemetry::init_for_test();
         let dir = tempfile::tempdir()?;
         let pki = TestPki::new(&dir.path().join("pki"))?;
-        let proxy_cert = pki.issue("proxy", "kerbside-proxy.test", &["127.0.0.1", "::1", "localhost"])?;
+        let proxy_cert = pki.issue(
+            "proxy",
+            "kerbside-proxy.test",
+            &["127.0.0.1", "::1", "localhost"],
+        )?;
         let sources = dir.path().join("sources.yaml");
         std::fs::write(
             &sources,
@@ -171,18 +175,35 @@ impl TestAppBuilder {
         let running = kerbside::service::start(config.clone(), &components)
             .await
             .map_err(|e| anyhow::anyhow!("kerbside did not start: {e}"))?;
+        let unbound: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let tls_addr = running
+            .proxy
+            .as_ref()
+            .and_then(|p| p.tls_addrs.first().copied())
+            .unwrap_or(unbound);
+        let insecure_addr = running
+            .proxy
+            .as_ref()
+            .and_then(|p| p.insecure_addrs.first().copied())
+            .unwrap_or(unbound);
         // Other programs (kerbside-manage) must write the ports the proxy really bound.
         if let Some(proxy) = &running.proxy {
             let ports = format!(
                 "[proxy]\npublic_tls_port = {}\npublic_insecure_port = {}\n",
-                proxy.tls_addrs[0].port(),
-                proxy.insecure_addrs[0].port()
+                proxy.tls_addrs.first().context("no TLS listener")?.port(),
+                proxy
+                    .insecure_addrs
+                    .first()
+                    .context("no plain listener")?
+                    .port()
             );
             std::fs::write(dir.path().join("ports.conf"), ports)?;
         } else {
             std::fs::write(dir.path().join("ports.conf"), "")?;
         }
         Ok(TestApp {
+            tls_addr,
+            insecure_addr,
             running,
             config,
             config_path,
@@ -232,6 +253,8 @@ fn sources_yaml(consoles: &[TestConsole], ca: Option<&str>) -> String {
 
 /// kerbside running in this process.
 pub struct TestApp {
+    tls_addr: SocketAddr,
+    insecure_addr: SocketAddr,
     /// The running components.
     pub running: Running,
     /// Its configuration.
@@ -253,28 +276,14 @@ impl TestApp {
         TestAppBuilder::default()
     }
 
-    /// The proxy's TLS address.
-    ///
-    /// # Panics
-    /// When the proxy is not running (a test bug).
+    /// The proxy's TLS address (the first listener).
     pub fn tls_addr(&self) -> SocketAddr {
-        self.running
-            .proxy
-            .as_ref()
-            .map(|p| p.tls_addrs[0])
-            .expect("proxy is running")
+        self.tls_addr
     }
 
-    /// The proxy's plain (NEED_SECURED) address.
-    ///
-    /// # Panics
-    /// When the proxy is not running (a test bug).
+    /// The proxy's plain (NEED_SECURED) address (the first listener).
     pub fn insecure_addr(&self) -> SocketAddr {
-        self.running
-            .proxy
-            .as_ref()
-            .map(|p| p.insecure_addrs[0])
-            .expect("proxy is running")
+        self.insecure_addr
     }
 
     /// The database.

@@ -115,7 +115,7 @@ pub async fn read_reply<S: AsyncRead + Unpin + ?Sized>(stream: &mut S) -> Result
                 let start = buf.len();
                 buf.resize(start + needed, 0);
                 stream
-                    .read_exact(&mut buf[start..])
+                    .read_exact(buf.get_mut(start..).context("buffer")?)
                     .await
                     .context("reading the link reply")?;
             }
@@ -245,7 +245,8 @@ async fn serve_main(
             Err(SpiceError::Incomplete { needed }) => {
                 let start = buf.len();
                 buf.resize(start + needed, 0);
-                tcp.read_exact(&mut buf[start..]).await?;
+                tcp.read_exact(buf.get_mut(start..).context("buffer")?)
+                    .await?;
             }
             Err(e) => bail!("scripted server got a bad link message: {e}"),
         }
@@ -293,8 +294,8 @@ async fn serve_main(
     if !ok {
         return Ok(());
     }
-    let mut init = vec![0u8; 32];
-    init[..4].copy_from_slice(&session_id.to_le_bytes());
+    let mut init = session_id.to_le_bytes().to_vec();
+    init.resize(32, 0);
     tcp.write_all(&mini_message(103, &init)).await?;
     for message in script {
         tcp.write_all(message).await?;

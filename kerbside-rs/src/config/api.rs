@@ -23,7 +23,7 @@ section! {
         bind_host: IpAddr = "0.0.0.0",
         /// Port the API listens on. Nova's default spice_direct_proxy_base_url points at 13002.
         bind_port: u16 = "13002",
-        /// URL clients use to reach the API (e.g. https://cloud.example.com:13002), used in
+        /// URL clients use to reach the API (e.g. `https://cloud.example.com:13002`), used in
         /// the version document and the Keystone catalog.
         public_url: Option<url::Url>,
         /// Number of HTTP worker threads; 0 means one per CPU.

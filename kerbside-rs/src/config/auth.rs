@@ -65,7 +65,7 @@ section! {
 
 section! {
     /// The service user kerbside uses to ask Nova about console tokens. Unset options fall
-    /// back to [keystone_authtoken]. The user needs the admin role in Nova.
+    /// back to `[keystone_authtoken]`. The user needs the admin role in Nova.
     pub struct NovaSection("nova") {
         /// Keystone URL for the Nova service user.
         auth_url: Option<url::Url>,

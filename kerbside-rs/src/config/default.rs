@@ -14,12 +14,12 @@ section! {
         /// log_dir.
         log_file: Option<PathBuf>,
         /// Directory for log files. When set without log_file, each program logs to
-        /// <log_dir>/<program>.log.
+        /// `<log_dir>/<program>.log`.
         log_dir: Option<PathBuf>,
         /// Write logs as JSON objects, one per line, for log collectors.
         use_json: bool = "false",
-        /// Messaging URL (rabbit://user:password@host:5672/vhost) used for Nova notifications
-        /// when [oslo_messaging_notifications] transport_url is not set.
+        /// Messaging URL (`rabbit://user:password@host:5672/vhost`) used for Nova notifications
+        /// when `[oslo_messaging_notifications] transport_url` is not set.
         transport_url: Option<Secret>,
         /// Name of this node in sessions, channels and audit events. Each node of a deployment
         /// needs its own name. Defaults to the host name.

@@ -367,14 +367,14 @@ impl Config {
             ("ca_file", &p.ca_file),
             ("hypervisor_ca_file", &p.hypervisor_ca_file),
         ] {
-            if let Some(path) = path {
-                if let Err(e) = std::fs::File::open(path) {
-                    problem(
-                        "proxy",
-                        option,
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                }
+            if let Some(path) = path
+                && let Err(e) = std::fs::File::open(path)
+            {
+                problem(
+                    "proxy",
+                    option,
+                    format!("cannot read {}: {e}", path.display()),
+                );
             }
         }
         if p.tls_port != 0 && p.tls_port == p.insecure_port {
@@ -404,10 +404,10 @@ impl Config {
         if p.key_pool_size == 0 {
             problem("proxy", "key_pool_size", "must be at least 1".to_owned());
         }
-        if let Some(subject) = &p.host_subject {
-            if let Err(e) = crate::tlsutil::parse_host_subject(subject) {
-                problem("proxy", "host_subject", e);
-            }
+        if let Some(subject) = &p.host_subject
+            && let Err(e) = crate::tlsutil::parse_host_subject(subject)
+        {
+            problem("proxy", "host_subject", e);
         }
         if self.console.token_ttl == 0 {
             problem(
@@ -416,14 +416,14 @@ impl Config {
                 "must be at least 1 second".to_owned(),
             );
         }
-        if let Some(path) = &self.console.sources_file {
-            if let Err(e) = std::fs::File::open(path) {
-                problem(
-                    "console",
-                    "sources_file",
-                    format!("cannot read {}: {e}", path.display()),
-                );
-            }
+        if let Some(path) = &self.console.sources_file
+            && let Err(e) = std::fs::File::open(path)
+        {
+            problem(
+                "console",
+                "sources_file",
+                format!("cannot read {}: {e}", path.display()),
+            );
         }
         if self.database.max_pool_size == 0 {
             problem("database", "max_pool_size", "must be at least 1".to_owned());

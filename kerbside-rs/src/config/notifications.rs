@@ -17,7 +17,7 @@ choice_value! {
 section! {
     /// Where Nova publishes its notifications.
     pub struct OsloMessagingNotificationsSection("oslo_messaging_notifications") {
-        /// Messaging URL; defaults to [DEFAULT] transport_url.
+        /// Messaging URL; defaults to `[DEFAULT] transport_url`.
         transport_url: Option<Secret>,
         /// Notification topics to consume.
         topics: Vec<String> = "versioned_notifications",

@@ -47,6 +47,8 @@ pub fn render() -> String {
 
 /// Writes text as `# ` lines of at most 79 characters.
 fn wrap_comment(out: &mut String, text: &str) {
+    // Help texts are rustdoc comments too: code spans lose their backticks here.
+    let text = text.replace('`', "");
     let words: Vec<&str> = text.split_whitespace().collect();
     let mut line = String::from("#");
     for word in words {

@@ -119,24 +119,24 @@ impl<'a> Loader<'a> {
     /// one did the operator mean?), so it is reported. Across files, the later file wins.
     fn check_duplicates(&mut self, section: &str, option: &str, values: &[RawValue]) {
         for pair in values.windows(2) {
-            if let [a, b] = pair {
-                if a.file_index == b.file_index {
-                    self.problems.push(ConfigProblem::option(
-                        section,
-                        option,
-                        Some(b.location.clone()),
-                        format!(
-                            "set more than once in this file (also at line {}); keep one",
-                            a.location.line
-                        ),
-                    ));
-                }
+            if let [a, b] = pair
+                && a.file_index == b.file_index
+            {
+                self.problems.push(ConfigProblem::option(
+                    section,
+                    option,
+                    Some(b.location.clone()),
+                    format!(
+                        "set more than once in this file (also at line {}); keep one",
+                        a.location.line
+                    ),
+                ));
             }
         }
     }
 
-    /// Replaces `$name` and `${name}` with the value of the [DEFAULT] option `name`, as
-    /// oslo.config does. Only declared [DEFAULT] options are substituted, so a `$` in a password
+    /// Replaces `$name` and `${name}` with the value of the `[DEFAULT] option` `name`, as
+    /// oslo.config does. Only declared `[DEFAULT] options` are substituted, so a `$` in a password
     /// stays as it is; `$$` is a literal `$`.
     fn interpolate(&self, text: &str) -> String {
         if !text.contains('$') {
@@ -186,7 +186,7 @@ impl<'a> Loader<'a> {
     }
 }
 
-/// The text of a [DEFAULT] option for substitution: its last value, else its declared default.
+/// The text of a `[DEFAULT] option` for substitution: its last value, else its declared default.
 fn default_value_text(raw: &RawConfig, name: &str) -> Option<String> {
     if let Some(v) = raw.values("DEFAULT", name).last() {
         return Some(v.text.clone());

@@ -107,13 +107,14 @@ impl DbConnection {
 
 /// Open a SQLite file and apply [`SQLITE_PRAGMAS`].
 fn open_sqlite(path: &Path) -> Result<SqliteConnection, ConnectError> {
-    if let Some(parent) = path.parent() {
-        if !parent.as_os_str().is_empty() && !parent.is_dir() {
-            return Err(ConnectError(format!(
-                "directory {} does not exist",
-                parent.display()
-            )));
-        }
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+        && !parent.is_dir()
+    {
+        return Err(ConnectError(format!(
+            "directory {} does not exist",
+            parent.display()
+        )));
     }
     let Some(path_str) = path.to_str() else {
         return Err(ConnectError(format!(

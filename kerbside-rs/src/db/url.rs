@@ -156,13 +156,13 @@ fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
             dropped.push(key.into_owned());
         }
     }
-    if let Some((_, mode)) = kept.iter().find(|(k, _)| k == "ssl_mode") {
-        if !MYSQL_SSL_MODES.contains(&mode.to_ascii_lowercase().as_str()) {
-            return Err(format!(
-                "unknown ssl_mode \"{mode}\" (use {})",
-                MYSQL_SSL_MODES.join(", ")
-            ));
-        }
+    if let Some((_, mode)) = kept.iter().find(|(k, _)| k == "ssl_mode")
+        && !MYSQL_SSL_MODES.contains(&mode.to_ascii_lowercase().as_str())
+    {
+        return Err(format!(
+            "unknown ssl_mode \"{mode}\" (use {})",
+            MYSQL_SSL_MODES.join(", ")
+        ));
     }
     let has_socket = kept.iter().any(|(k, _)| k == "unix_socket");
 

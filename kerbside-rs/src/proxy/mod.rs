@@ -526,8 +526,21 @@ impl ProxyContext {
     }
 
     /// Audits a channel's authenticated hypervisor connection.
-    pub fn audit_hypervisor_connected(&self, session: &LocalSession, channel: ChannelType, addr: &str) {
-        self.store.audit(&self.shutdown, store::AuditEvent::session(session, session.console_id, "hypervisor.connected", format!("{} channel connected to hypervisor {addr}", channel.name())));
+    pub fn audit_hypervisor_connected(
+        &self,
+        session: &LocalSession,
+        channel: ChannelType,
+        addr: &str,
+    ) {
+        self.store.audit(
+            &self.shutdown,
+            store::AuditEvent::session(
+                session,
+                session.console_id,
+                "hypervisor.connected",
+                format!("{} channel connected to hypervisor {addr}", channel.name()),
+            ),
+        );
     }
 
     /// Audits a failed hypervisor connection.

@@ -103,10 +103,10 @@ impl LocalSession {
 
     /// Ends the session in this process with a reason (the first reason given wins).
     pub fn end(&self, reason: &str) {
-        if let Ok(mut slot) = self.reason.lock() {
-            if slot.is_none() {
-                *slot = Some(reason.to_owned());
-            }
+        if let Ok(mut slot) = self.reason.lock()
+            && slot.is_none()
+        {
+            *slot = Some(reason.to_owned());
         }
         self.cancel.cancel();
     }
@@ -160,10 +160,10 @@ impl Registry {
 
     /// Forgets a session.
     pub fn remove(&self, id: &str) {
-        if let Ok(mut inner) = self.inner.lock() {
-            if let Some(session) = inner.by_id.remove(id) {
-                inner.by_connection.remove(&session.proxy_connection_id);
-            }
+        if let Ok(mut inner) = self.inner.lock()
+            && let Some(session) = inner.by_id.remove(id)
+        {
+            inner.by_connection.remove(&session.proxy_connection_id);
         }
     }
 

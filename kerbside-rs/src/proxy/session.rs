@@ -316,10 +316,10 @@ async fn link_main<S: AsyncRead + AsyncWrite + Unpin>(
     reply_caps.set_channel(MAIN_CAP_AGENT_CONNECTED_TOKENS);
     let authorized = authorize(ctx, client, reply_caps, &message.caps).await?;
     let client_ip = client.peer.ip().to_string();
-    if let Some(bound) = &authorized.bound_address {
-        if bound != &client_ip {
-            return Err(ProxyError::Denied(DenyReason::BoundElsewhere));
-        }
+    if let Some(bound) = &authorized.bound_address
+        && bound != &client_ip
+    {
+        return Err(ProxyError::Denied(DenyReason::BoundElsewhere));
     }
     let target = ctx.target(&authorized.console)?;
     // A non-zero connection id would make the hypervisor treat this as a migration target.
