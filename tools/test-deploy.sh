@@ -87,8 +87,8 @@ if [[ "$(cat "$venv/.kerbside-requirements" 2>/dev/null || true)" != "$wanted" ]
 else
     echo "test-deploy: reusing the virtualenv"
 fi
-versions=$("$venv/bin/ansible-playbook" --version)
-echo "test-deploy: ${versions%%$'\n'*}, $("$venv/bin/kolla-ansible" --version 2>/dev/null || echo kolla-ansible)"
+"$venv/bin/python" -c 'from importlib.metadata import version as v
+print("test-deploy: " + ", ".join(f"{p} {v(p)}" for p in ("ansible-core", "kolla-ansible", "kolla", "yamllint")))'
 
 step "yamllint"
 yaml=(.yamllint kolla/ansible kolla/globals.yml.example tests/deploy releasenotes/notes)

@@ -50,7 +50,7 @@ export ANSIBLE_MODULE_UTILS=$share/module_utils
 export ANSIBLE_COLLECTIONS_PATH=$here/collections
 export ANSIBLE_NOCOLOR=1 ANSIBLE_DISPLAY_SKIPPED_HOSTS=false ANSIBLE_RETRY_FILES_ENABLED=false
 export ANSIBLE_LOCALHOST_WARNING=false ANSIBLE_INVENTORY_UNPARSED_WARNING=false
-export ANSIBLE_HOME=$work/ansible-home
+export ANSIBLE_HOME=$work/ansible-home ANSIBLE_REMOTE_TEMP=$work/ansible-tmp
 
 # 1. Syntax
 # ---------
