@@ -286,12 +286,14 @@ r=$work/$s
 log=$r/calls.log
 echo "devstack: scenario $s"
 if run_devstack $s n-cpu "kerbside-api,kerbside-proxy,kerbside-notifications" \
-    "stack pre-install" "stack install" "stack post-config" "stack extra" "unstack"; then
+    "stack pre-install" "stack install" "stack post-config" "stack extra" "unstack" "clean"; then
     check "$s: nothing installed" not_called "$log" "install_package|"
     check "$s: no keystone accounts" not_called "$log" "get_or_create_user|"
     check "$s: no database" not_called "$log" "recreate_database|"
     check "$s: no kerbside.conf" test ! -e "$r/etc/kerbside/kerbside.conf"
     check "$s: nothing started" not_called "$log" "run_process|"
+    check "$s: nothing stopped" not_called "$log" "stop_process|"
+    check "$s: no database to drop" not_called "$log" "mysql|"
     check_nova "$s" "$r/etc/nova/nova-cpu.conf" http://192.0.2.10:13002/nova
 fi
 
