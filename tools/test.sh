@@ -42,6 +42,9 @@ cargo build --workspace --locked --bins
 step "tests"
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${KERBSIDE_TEST_THREADS:-4}"
 
+step "deployment tooling: DevStack plugin, Kolla images and kolla-ansible role"
+KERBSIDE_MANAGE="$CARGO_TARGET_DIR/debug/kerbside-manage" tools/test-deploy.sh
+
 if [ "$quick" = 0 ]; then
   step "fuzzing (short run)"
   tools/fuzz.sh 20
