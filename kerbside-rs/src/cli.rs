@@ -177,6 +177,9 @@ fn config_check(args: &ConfigArgs) -> ExitCode {
             for problem in &e.problems {
                 println!("error: {problem}");
             }
+            for warning in &e.warnings {
+                println!("warning: {warning}");
+            }
             return ExitCode::FAILURE;
         }
     };

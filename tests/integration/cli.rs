@@ -32,7 +32,7 @@ async fn config_check_names_every_bad_option() -> Result<()> {
     let conf = dir.path().join("k.conf");
     std::fs::write(
         &conf,
-        "[DEFAULT]\ndebug = maybe\n\n[proxy]\ntls_port = 99999\ntls_port = 5\ncert_file = /nonexistent.pem\n\n[database]\nconnection = postgresql://x@y/z\n\n[proxy]\nfrobnicate = 1\n",
+        "[DEFAULT]\ndebug = maybe\n\n[proxy]\ntls_port = 5\ntls_port = 99999\ncert_file = /nonexistent.pem\n\n[database]\nconnection = postgresql://x@y/z\n\n[proxy]\nfrobnicate = 1\n",
     )?;
     let out = manage(&conf, &["config", "check"]).await?;
     let report = text(&out);

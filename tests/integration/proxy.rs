@@ -735,7 +735,7 @@ async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<(
     std::fs::write(
         &b_conf,
         format!(
-            "[DEFAULT]\nnode_name = node-b\n[proxy]\ntls_port = {tls_b}\ninsecure_port = {plain_b}\n[metrics]\nenabled = false\n"
+            "[DEFAULT]\nnode_name = node-b\ndebug = true\n[proxy]\ntls_port = {tls_b}\ninsecure_port = {plain_b}\n[metrics]\nenabled = false\n"
         ),
     )?;
     let mut args = node_a.config_args();

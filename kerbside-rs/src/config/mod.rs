@@ -119,6 +119,8 @@ impl fmt::Display for ConfigProblem {
 pub struct ConfigError {
     /// Every problem, in file order.
     pub problems: Vec<ConfigProblem>,
+    /// Warnings found along the way (unknown options and sections).
+    pub warnings: Vec<ConfigProblem>,
 }
 
 /// Which files to read.
@@ -157,7 +159,10 @@ impl ConfigSources {
             }
         }
         if !problems.is_empty() {
-            return Err(ConfigError { problems });
+            return Err(ConfigError {
+                problems,
+                warnings: Vec::new(),
+            });
         }
         if self.files.is_empty() && self.dirs.is_empty() {
             let default = PathBuf::from(DEFAULT_CONFIG_FILE);
@@ -316,7 +321,7 @@ impl Config {
                 metrics,
                 files: raw.files.clone(),
             },
-            _ => return Err(ConfigError { problems }),
+            _ => return Err(ConfigError { problems, warnings }),
         };
         let validation = config.validate(&raw);
         if validation.is_empty() {
@@ -324,6 +329,7 @@ impl Config {
         } else {
             Err(ConfigError {
                 problems: validation,
+                warnings,
             })
         }
     }

@@ -161,6 +161,16 @@ fn proxy_common_caps(client: &Caps) -> Caps {
     caps
 }
 
+/// The capabilities the proxy links upstream with: the client's (already filtered), plus
+/// AUTH_SELECTION, because the proxy itself always sends the mechanism word when the
+/// hypervisor offers selection, and the hypervisor reads that word only from clients that
+/// advertised it, whatever the real client supports.
+fn as_link_client(mut caps: Caps) -> Caps {
+    caps.set_common(COMMON_CAP_AUTH_SELECTION);
+    caps.clear_common(COMMON_CAP_AUTH_SPICE);
+    caps
+}
+
 /// Serves one accepted TCP connection on the TLS listener, start to end.
 pub async fn serve_tls(ctx: Arc<ProxyContext>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("spice", client.addr = %peer, channel.kind = tracing::field::Empty, session.id = tracing::field::Empty, console.uuid = tracing::field::Empty);
@@ -323,8 +333,12 @@ async fn link_main<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let target = ctx.target(&authorized.console)?;
     // A non-zero connection id would make the hypervisor treat this as a migration target.
-    let upstream_message =
-        LinkMessage::new(0, ChannelType::Main, message.channel_id, upstream_caps);
+    let upstream_message = LinkMessage::new(
+        0,
+        ChannelType::Main,
+        message.channel_id,
+        as_link_client(upstream_caps),
+    );
     let mut linked = match upstream::link(&target, &upstream_message).await {
         Ok(linked) => linked,
         Err(e) => {
@@ -369,8 +383,12 @@ async fn link_other<S: AsyncRead + AsyncWrite + Unpin>(
     let upstream_id = session
         .upstream_session_id()
         .ok_or(ProxyError::Denied(DenyReason::UnknownSession))?;
-    let upstream_message =
-        LinkMessage::new(upstream_id, channel, message.channel_id, upstream_caps);
+    let upstream_message = LinkMessage::new(
+        upstream_id,
+        channel,
+        message.channel_id,
+        as_link_client(upstream_caps),
+    );
     let mut linked = match upstream::link(&target, &upstream_message).await {
         Ok(linked) => linked,
         Err(e) => {

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use super::error::{DenyReason, ProxyError};
 use super::registry::LocalSession;
 use crate::db::models::{
-    self, ConsoleId, ConsoleTokenId, NewAuditEvent, NewChannel, NewSession, SessionId,
-    SessionTerminationId, TokenBinding,
+    self, ConsoleId, ConsoleTokenId, NewAuditEvent, NewChannel, NewSession, SessionId, TokenBinding,
 };
 use crate::db::{Db, DbError};
 use crate::shutdown::Shutdown;
@@ -366,7 +365,9 @@ impl Store {
             .map_err(db_error)
     }
 
-    /// Records a session's end.
+    /// Records a session's end. A pending termination request wins over the reason seen here:
+    /// when another node closes its channels first, the hypervisor drops the whole client, and
+    /// the operator's reason is still the true one. The request is then marked handled.
     ///
     /// # Errors
     /// Database failures.
@@ -379,8 +380,16 @@ impl Store {
     ) -> Result<(), ProxyError> {
         let id = SessionId(session_id.to_owned());
         let reason = reason.to_owned();
+        let node = self.node.to_string();
         self.db
             .run(move |conn| {
+                let reason = match models::pending_termination_for_session(conn, &id)? {
+                    Some(request) => {
+                        models::mark_termination_handled(conn, request.id, &node)?;
+                        format!("terminated: {}", request.reason)
+                    }
+                    None => reason,
+                };
                 models::end_session(conn, &id, &reason, to_client, to_server).map(|_| ())
             })
             .await
@@ -414,20 +423,6 @@ impl Store {
                         reason: t.reason,
                     })
                     .collect())
-            })
-            .await
-            .map_err(db_error)
-    }
-
-    /// Marks a termination request handled by this node.
-    ///
-    /// # Errors
-    /// Database failures.
-    pub async fn mark_termination_handled(&self, id: i64) -> Result<(), ProxyError> {
-        let node = self.node.to_string();
-        self.db
-            .run(move |conn| {
-                models::mark_termination_handled(conn, SessionTerminationId(id), &node).map(|_| ())
             })
             .await
             .map_err(db_error)
