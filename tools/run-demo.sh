@@ -23,7 +23,14 @@ case "${1:-}" in
   *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
 
-state="${KERBSIDE_DEMO_DIR:-$root/.state/demo}"
+temp_state=""
+if [ "$check" = 1 ] && [ -z "${KERBSIDE_DEMO_DIR:-}" ]; then
+  # The check starts from a clean state every time, and leaves nothing behind.
+  temp_state=$(mktemp -d -t kerbside-demo.XXXXXX)
+  state="$temp_state"
+else
+  state="${KERBSIDE_DEMO_DIR:-$root/.state/demo}"
+fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
 bin="$CARGO_TARGET_DIR/debug"
 console_uuid=0d1e7a52-6f4b-4c3e-9a8e-2b7d5c1f9e01
@@ -92,6 +99,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "$temp_state" ]; then rm -rf "$temp_state"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -384,3 +384,43 @@ fn release_notes_use_only_reno_sections() -> Result<()> {
     assert!(notes > 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn logs_go_to_log_dir_as_json_without_secrets() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let conf = dir.path().join("k.conf");
+    let logs = dir.path().join("logs");
+    std::fs::write(
+        &conf,
+        format!(
+            "[DEFAULT]\nstate_path = {d}\nlog_dir = {l}\nuse_json = true\ndebug = true\n[database]\nconnection = mysql://kerbside:s3cret@127.0.0.1:1/kerbside\nmax_retries = 0\npool_timeout = 2\n",
+            d = dir.path().display(),
+            l = logs.display()
+        ),
+    )?;
+    let out = tokio::process::Command::new(program("kerbside")?)
+        .arg("--config-file")
+        .arg(&conf)
+        .output()
+        .await?;
+    assert!(
+        !out.status.success(),
+        "kerbside started without its database"
+    );
+    let log =
+        std::fs::read_to_string(logs.join("kerbside.log")).context("no <log_dir>/kerbside.log")?;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("log lines are JSON")?;
+    assert!(
+        lines.iter().any(|l| l["level"] == "ERROR"
+            && l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("127.0.0.1:1"))),
+        "{log}"
+    );
+    assert!(!log.contains("s3cret"), "a password reached the log: {log}");
+    Ok(())
+}

@@ -678,7 +678,7 @@ async fn terminate_ends_a_live_session() -> Result<()> {
 
     for stream in [&mut main.stream, &mut display.stream] {
         let mut buf = vec![0u8; 65536];
-        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 match stream.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
@@ -795,7 +795,7 @@ async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<(
         ("display on node A", &mut display.stream),
     ] {
         let mut buf = vec![0u8; 65536];
-        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 match stream.read(&mut buf).await {
                     Ok(0) | Err(_) => return,
@@ -935,6 +935,143 @@ async fn ipv6_old_clients_full_headers_and_limits() -> Result<()> {
     })
     .await?;
     assert!(connected, "no hypervisor.connected audit event");
+    app.stop().await;
+    Ok(())
+}
+
+/// Runs `kerbside --component proxy` as its own process on the app's state, with a grace
+/// period of `grace` seconds; returns the process and its TLS address.
+async fn spawn_proxy_process(
+    app: &TestApp,
+    name: &str,
+    grace: u64,
+) -> Result<(tokio::process::Child, std::net::SocketAddr)> {
+    let [tls, plain] = kerbside_tests::ports::free_ports(2)?[..] else {
+        anyhow::bail!("ports")
+    };
+    let conf = app.dir().join(format!("{name}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "[DEFAULT]\nnode_name = {name}\n[proxy]\ntls_port = {tls}\ninsecure_port = {plain}\nshutdown_timeout = {grace}\n[metrics]\nenabled = false\n"
+        ),
+    )?;
+    let mut args = app.config_args();
+    args.truncate(4);
+    let child = tokio::process::Command::new(program("kerbside")?)
+        .args(&args)
+        .arg("--config-file")
+        .arg(&conf)
+        .args(["--component", "proxy"])
+        .kill_on_drop(true)
+        .stderr(std::fs::File::create(
+            app.dir().join(format!("{name}.log")),
+        )?)
+        .spawn()?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{tls}").parse()?;
+    let up = eventually(Duration::from_secs(20), || async {
+        Ok(tokio::net::TcpStream::connect(addr).await.is_ok())
+    })
+    .await?;
+    anyhow::ensure!(up, "{name} did not start");
+    Ok((child, addr))
+}
+
+fn signal(child: &tokio::process::Child, name: &str) -> Result<()> {
+    let pid = child.id().context("process already gone")?;
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{name} failed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_closes_and_a_second_signal_stops_at_once() -> Result<()> {
+    require_all(&["qemu"])?;
+    let server = SpiceServer::builder()
+        .password(Some("drain"))
+        .start()
+        .await?;
+    let console = TestConsole::for_server(&server);
+    let app = TestApp::builder().console(console.clone()).start().await?;
+
+    // Graceful: SIGTERM closes the listener at once, lets the session run out the grace
+    // period, then closes it and exits cleanly.
+    let (mut child, addr) = spawn_proxy_process(&app, "drainer", 3).await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let mut main = spice_client::link(
+        &ClientOptions {
+            addr,
+            ..app.client()
+        },
+        ChannelType::Main,
+        0,
+        0,
+        &token,
+    )
+    .await?
+    .map_err(|e| anyhow::anyhow!("link: {e}"))?;
+    spice_client::read_message(&mut main.stream).await?;
+    signal(&child, "TERM")?;
+    let refused = eventually(Duration::from_secs(5), || async {
+        Ok(tokio::net::TcpStream::connect(addr).await.is_err())
+    })
+    .await?;
+    assert!(refused, "the listener stayed open after SIGTERM");
+    // During the grace period the session still works: a message from the client goes through.
+    main.stream.write_all(&mini_message(104, &[])).await?;
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .context("kerbside did not stop after the grace period")??;
+    assert!(status.success(), "exit status {status}");
+    let mut buf = vec![0u8; 65536];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match main.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the session outlived the process");
+    let ended =
+        eventually(Duration::from_secs(5), || async {
+            Ok(app.sessions(false).await?.iter().any(|s| {
+                s.node == "drainer" && s.end_reason.as_deref() == Some("proxy shutting down")
+            }))
+        })
+        .await?;
+    assert!(
+        ended,
+        "the drained session was not recorded: {:?}",
+        app.sessions(false).await?
+    );
+
+    // Impatient: a second signal stops without waiting for the (long) grace period.
+    let (mut child, addr) = spawn_proxy_process(&app, "impatient", 600).await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let mut main = spice_client::link(
+        &ClientOptions {
+            addr,
+            ..app.client()
+        },
+        ChannelType::Main,
+        0,
+        0,
+        &token,
+    )
+    .await?
+    .map_err(|e| anyhow::anyhow!("link: {e}"))?;
+    spice_client::read_message(&mut main.stream).await?;
+    signal(&child, "TERM")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal(&child, "INT")?;
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .context("a second signal did not stop kerbside")??;
+    assert!(status.success(), "exit status {status}");
     app.stop().await;
     Ok(())
 }

@@ -288,6 +288,22 @@ async fn termination_loop(ctx: Arc<ProxyContext>) {
                     // handled (see `Store::end_session`), whichever side closed first.
                     session.end(&format!("terminated: {}", request.reason));
                 }
+                // Channels whose main channel lives on another node end with their session,
+                // whatever ended it there.
+                let remote = ctx.registry.remote();
+                if !remote.is_empty() {
+                    let ids = remote.iter().map(|s| s.id.clone()).collect();
+                    match ctx.store.ended_sessions(ids).await {
+                        Ok(ended) => {
+                            for (id, reason) in ended {
+                                if let Some(session) = ctx.registry.get(&id) {
+                                    session.end(&reason);
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot check for ended sessions"),
+                    }
+                }
             }
             Err(e) => {
                 if !failing {
@@ -406,6 +422,7 @@ impl ProxyContext {
             row.proxy_connection_id,
             None,
             Some(slot),
+            self.shutdown.stop_token().child_token(),
         ));
         self.store.audit(
             &self.shutdown,
@@ -439,6 +456,7 @@ impl ProxyContext {
             connection_id,
             info.upstream_session_id,
             None,
+            self.shutdown.stop_token().child_token(),
         )))
     }
 

@@ -39,7 +39,8 @@ pub struct LocalSession {
 }
 
 impl LocalSession {
-    /// A session record.
+    /// A session record; `cancel` should be a child of the process's stop token so that the end
+    /// of the drain period closes the session.
     pub fn new(
         id: String,
         console_id: i64,
@@ -47,6 +48,7 @@ impl LocalSession {
         proxy_connection_id: u32,
         upstream_session_id: Option<u32>,
         slot: Option<OwnedSemaphorePermit>,
+        cancel: CancellationToken,
     ) -> Self {
         LocalSession {
             id,
@@ -54,7 +56,7 @@ impl LocalSession {
             token_id,
             proxy_connection_id,
             holds_main: slot.is_some(),
-            cancel: CancellationToken::new(),
+            cancel,
             upstream_session_id: AtomicU32::new(upstream_session_id.unwrap_or(0)),
             reason: Mutex::new(None),
             meters: Mutex::new(Vec::new()),
@@ -165,6 +167,20 @@ impl Registry {
         {
             inner.by_connection.remove(&session.proxy_connection_id);
         }
+    }
+
+    /// Sessions whose main channel is relayed by another node.
+    pub fn remote(&self) -> Vec<Arc<LocalSession>> {
+        self.inner
+            .lock()
+            .map(|i| {
+                i.by_id
+                    .values()
+                    .filter(|s| !s.holds_main)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every session, for shutdown and termination checks.

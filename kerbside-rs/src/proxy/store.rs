@@ -428,6 +428,32 @@ impl Store {
             .map_err(db_error)
     }
 
+    /// Which of these sessions have ended, with their end reasons.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn ended_sessions(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<Vec<(String, String)>, ProxyError> {
+        self.db
+            .run(move |conn| {
+                let mut ended = Vec::new();
+                for id in ids {
+                    let session = models::get_session(conn, &SessionId(id))?;
+                    if !session.is_live() {
+                        let reason = session
+                            .end_reason
+                            .unwrap_or_else(|| "session ended".to_owned());
+                        ended.push((session.id.0, reason));
+                    }
+                }
+                Ok(ended)
+            })
+            .await
+            .map_err(db_error)
+    }
+
     /// Records an audit event without making the caller wait; a failure is logged.
     pub fn audit(&self, shutdown: &Shutdown, event: AuditEvent) {
         let db = self.db.clone();
