@@ -65,6 +65,22 @@ fn same_screen(a: &Option<Vec<u8>>, b: &Option<Vec<u8>>) -> Result<()> {
     Ok(())
 }
 
+/// Whether the peer closes `stream` (end of stream or an error) within 30 s, reading and
+/// dropping whatever arrives meanwhile.
+async fn closes(stream: &mut Box<dyn spice_client::Stream>) -> bool {
+    let mut buf = vec![0u8; 65536];
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 #[tokio::test]
 async fn screenshot_through_the_proxy_matches_direct() -> Result<()> {
     require_all(&["qemu", "spicy-screenshot"])?;
@@ -677,18 +693,8 @@ async fn terminate_ends_a_live_session() -> Result<()> {
     );
 
     for stream in [&mut main.stream, &mut display.stream] {
-        let mut buf = vec![0u8; 65536];
-        let closed = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
         assert!(
-            closed.is_ok(),
+            closes(stream).await,
             "a channel of the terminated session stayed open"
         );
     }
@@ -728,32 +734,7 @@ async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<(
         .await?;
 
     // A second kerbside process on the same database: another node.
-    let [tls_b, plain_b] = kerbside_tests::ports::free_ports(2)?[..] else {
-        anyhow::bail!("ports")
-    };
-    let b_conf = node_a.dir().join("node-b.conf");
-    std::fs::write(
-        &b_conf,
-        format!(
-            "[DEFAULT]\nnode_name = node-b\ndebug = true\n[proxy]\ntls_port = {tls_b}\ninsecure_port = {plain_b}\n[metrics]\nenabled = false\n"
-        ),
-    )?;
-    let mut args = node_a.config_args();
-    args.truncate(4); // the main file and the test's overrides, not node A's ports
-    let mut process_b = tokio::process::Command::new(program("kerbside")?)
-        .args(&args)
-        .arg("--config-file")
-        .arg(&b_conf)
-        .args(["--component", "proxy"])
-        .kill_on_drop(true)
-        .stderr(std::fs::File::create(node_a.dir().join("node-b.log"))?)
-        .spawn()?;
-    let b_addr: std::net::SocketAddr = format!("127.0.0.1:{tls_b}").parse()?;
-    let up = eventually(Duration::from_secs(20), || async {
-        Ok(tokio::net::TcpStream::connect(b_addr).await.is_ok())
-    })
-    .await?;
-    assert!(up, "node B did not start");
+    let (mut process_b, b_addr) = spawn_proxy_process(&node_a, "node-b", 2).await?;
 
     // The session's main channel on node B, its display channel on node A.
     let token = node_a.mint_token(&console.uuid, TTL).await?;
@@ -794,17 +775,7 @@ async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<(
         ("main on node B", &mut main.stream),
         ("display on node A", &mut display.stream),
     ] {
-        let mut buf = vec![0u8; 65536];
-        let closed = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "{name} stayed open after termination");
+        assert!(closes(stream).await, "{name} stayed open after termination");
     }
     let ended = eventually(Duration::from_secs(5), || async {
         Ok(node_a.sessions(false).await?.iter().any(|s| {
@@ -1025,17 +996,10 @@ async fn sigterm_drains_then_closes_and_a_second_signal_stops_at_once() -> Resul
         .await
         .context("kerbside did not stop after the grace period")??;
     assert!(status.success(), "exit status {status}");
-    let mut buf = vec![0u8; 65536];
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match main.stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the session outlived the process");
+    assert!(
+        closes(&mut main.stream).await,
+        "the session outlived the process"
+    );
     let ended =
         eventually(Duration::from_secs(5), || async {
             Ok(app.sessions(false).await?.iter().any(|s| {
