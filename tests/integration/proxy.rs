@@ -1039,3 +1039,36 @@ async fn sigterm_drains_then_closes_and_a_second_signal_stops_at_once() -> Resul
     app.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn idle_channels_are_closed_and_recorded() -> Result<()> {
+    // A scripted hypervisor that goes quiet after MAIN_INIT (QEMU pings idle channels every
+    // few minutes, so an idle timeout is tested against silence, not against QEMU).
+    let server = ScriptedServer::start("quiet", 7, Vec::new()).await?;
+    let console = TestConsole::at(server.addr, "quiet");
+    let app = TestApp::builder()
+        .console(console.clone())
+        .ini("[proxy]\nidle_timeout = 2")
+        .start()
+        .await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let mut main = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token)
+        .await?
+        .map_err(|e| anyhow::anyhow!("link: {e}"))?;
+    spice_client::read_message(&mut main.stream).await?;
+    assert!(
+        closes(&mut main.stream).await,
+        "an idle session stayed open"
+    );
+    let recorded = eventually(Duration::from_secs(10), || async {
+        Ok(app
+            .sessions(false)
+            .await?
+            .iter()
+            .any(|s| s.end_reason.as_deref() == Some("idle timeout")))
+    })
+    .await?;
+    assert!(recorded, "{:?}", app.sessions(false).await?);
+    app.stop().await;
+    Ok(())
+}
