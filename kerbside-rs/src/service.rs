@@ -135,6 +135,8 @@ pub struct Running {
     pub proxy: Option<ProxyHandle>,
     /// The metrics endpoint's addresses.
     pub metrics_addrs: Vec<std::net::SocketAddr>,
+    /// The API's addresses (empty when the API does not run here).
+    pub api_addrs: Vec<std::net::SocketAddr>,
     /// The shutdown handle.
     pub shutdown: Shutdown,
     /// The database.
@@ -142,6 +144,7 @@ pub struct Running {
     /// Every metric of this process (tests read them).
     pub metrics: Arc<Metrics>,
     metrics_server: Option<actix_web::dev::ServerHandle>,
+    api_server: Option<actix_web::dev::ServerHandle>,
 }
 
 /// The components to run: those asked for, else every configured one.
@@ -177,6 +180,7 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
         .await;
     }
     let mut proxy = None;
+    let mut api = None;
     for component in components {
         match component {
             Component::Proxy => {
@@ -193,7 +197,21 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
                 );
             }
             Component::Api => {
-                return Err("the api component is not part of this build yet".to_owned());
+                let identity = proxy_identity(&config)?;
+                let started = crate::api::ApiState::new(
+                    config.clone(),
+                    db.clone(),
+                    identity.ca_pem,
+                    identity.host_subject,
+                )
+                .and_then(|state| crate::api::start(state, &shutdown));
+                match started {
+                    Ok(started) => api = Some(started),
+                    Err(e) => {
+                        shutdown.stop_now().await;
+                        return Err(e);
+                    }
+                }
             }
             Component::Notifications => {
                 let started = crate::notifications::start(
@@ -222,9 +240,15 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
         (None, Vec::new())
     };
     shutdown.set_running();
+    let (api_server, api_addrs) = match api {
+        Some((handle, addrs)) => (Some(handle), addrs),
+        None => (None, Vec::new()),
+    };
     Ok(Running {
         proxy,
         metrics_addrs,
+        api_addrs,
+        api_server,
         shutdown,
         db,
         metrics,
@@ -235,6 +259,9 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
 impl Running {
     /// Graceful stop: drain for up to `grace`, then close everything.
     pub async fn stop(&self, grace: Duration) {
+        if let Some(server) = &self.api_server {
+            server.stop(true).await;
+        }
         self.shutdown.drain(grace).await;
         if let Some(server) = &self.metrics_server {
             server.stop(true).await;
