@@ -115,7 +115,10 @@ impl Credentials {
             auth_url: k.auth_url.clone()?,
             username: k.username.clone()?,
             password: SecretString::from(k.password.as_ref()?.expose().to_owned()),
-            project_name: k.project_name.clone().unwrap_or_else(|| "service".to_owned()),
+            project_name: k
+                .project_name
+                .clone()
+                .unwrap_or_else(|| "service".to_owned()),
             user_domain_name: k.user_domain_name.clone(),
             project_domain_name: k.project_domain_name.clone(),
         })
@@ -129,7 +132,11 @@ impl Credentials {
             auth_url: n.auth_url.clone().or_else(|| k.auth_url.clone())?,
             username: n.username.clone().or_else(|| k.username.clone())?,
             password: SecretString::from(
-                n.password.as_ref().or(k.password.as_ref())?.expose().to_owned(),
+                n.password
+                    .as_ref()
+                    .or(k.password.as_ref())?
+                    .expose()
+                    .to_owned(),
             ),
             project_name: n
                 .project_name
@@ -172,7 +179,8 @@ pub fn http_client(
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("kerbside/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = cafile {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
         for cert in certs {
@@ -410,8 +418,7 @@ impl ServiceSession {
             .await
             .map_err(|e| unreachable(&url, &e))?;
         let status = resp.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN
-        {
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(KeystoneError::BadCredentials {
                 user: self.creds.username.clone(),
                 status: status.as_u16(),
@@ -603,7 +610,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            catalog.endpoint("compute", Interface::Internal, None).as_deref(),
+            catalog
+                .endpoint("compute", Interface::Internal, None)
+                .as_deref(),
             Some("http://int1")
         );
         assert_eq!(
@@ -613,10 +622,16 @@ mod tests {
             Some("http://int2")
         );
         assert_eq!(
-            catalog.endpoint("compute", Interface::Public, None).as_deref(),
+            catalog
+                .endpoint("compute", Interface::Public, None)
+                .as_deref(),
             Some("https://pub")
         );
-        assert!(catalog.endpoint("compute", Interface::Admin, None).is_none());
+        assert!(
+            catalog
+                .endpoint("compute", Interface::Admin, None)
+                .is_none()
+        );
         assert!(catalog.endpoint("image", Interface::Public, None).is_none());
     }
 

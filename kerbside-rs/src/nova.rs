@@ -139,7 +139,9 @@ pub fn parse_connect_info(body: &serde_json::Value) -> Result<ConsoleConnectInfo
         tls_port: port("tls_port")?,
     };
     if info.port.is_none() && info.tls_port.is_none() {
-        return Err(NovaError::Unexpected("neither port nor tls_port".to_owned()));
+        return Err(NovaError::Unexpected(
+            "neither port nor tls_port".to_owned(),
+        ));
     }
     Ok(info)
 }

@@ -196,23 +196,8 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
                     .await?,
                 );
             }
-            Component::Api => {
-                let identity = proxy_identity(&config)?;
-                let started = crate::api::ApiState::new(
-                    config.clone(),
-                    db.clone(),
-                    identity.ca_pem,
-                    identity.host_subject,
-                )
-                .and_then(|state| crate::api::start(state, &shutdown));
-                match started {
-                    Ok(started) => api = Some(started),
-                    Err(e) => {
-                        shutdown.stop_now().await;
-                        return Err(e);
-                    }
-                }
-            }
+            // Started after the loop: it needs the proxy's bound ports.
+            Component::Api => {}
             Component::Notifications => {
                 let started = crate::notifications::start(
                     config.clone(),
@@ -226,6 +211,16 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
                     shutdown.stop_now().await;
                     return Err(e.to_string());
                 }
+            }
+        }
+    }
+    if components.contains(&Component::Api) {
+        let started = start_api(&config, &db, proxy.as_ref(), &shutdown);
+        match started {
+            Ok(started) => api = Some(started),
+            Err(e) => {
+                shutdown.stop_now().await;
+                return Err(e);
             }
         }
     }
@@ -254,6 +249,34 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
         metrics,
         metrics_server,
     })
+}
+
+/// Starts the API. `.vv` files carry the proxy's public ports: a proxy configured with port 0
+/// (tests, demos) on this node lends the ports it really bound.
+fn start_api(
+    config: &Arc<Config>,
+    db: &Db,
+    proxy: Option<&ProxyHandle>,
+    shutdown: &Shutdown,
+) -> Result<(actix_web::dev::ServerHandle, Vec<std::net::SocketAddr>), String> {
+    let identity = proxy_identity(config)?;
+    let mut effective = (**config).clone();
+    if let Some(proxy) = proxy {
+        let p = &mut effective.proxy;
+        if p.public_tls_port.is_none() && p.tls_port == 0 {
+            p.public_tls_port = proxy.tls_addrs.first().map(|a| a.port());
+        }
+        if p.public_insecure_port.is_none() && p.insecure_port == 0 {
+            p.public_insecure_port = proxy.insecure_addrs.first().map(|a| a.port());
+        }
+    }
+    let state = crate::api::ApiState::new(
+        Arc::new(effective),
+        db.clone(),
+        identity.ca_pem,
+        identity.host_subject,
+    )?;
+    crate::api::start(state, shutdown)
 }
 
 impl Running {

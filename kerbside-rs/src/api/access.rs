@@ -36,7 +36,9 @@ pub fn check_nova_token(token: Option<&str>) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::BadRequest("the token query parameter is required".to_owned()))?;
     if token.len() < 8
         || token.len() > MAX_NOVA_TOKEN_LENGTH
-        || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     {
         return Err(ApiError::BadRequest(
             "the token is not a Nova console token (expected a UUID)".to_owned(),

@@ -105,8 +105,7 @@ impl FromRequest for Identity {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
         Box::pin(async move {
-            let state =
-                state.ok_or_else(|| ApiError::Internal("API state missing".to_owned()))?;
+            let state = state.ok_or_else(|| ApiError::Internal("API state missing".to_owned()))?;
             let Some(validator) = &state.validator else {
                 return Ok(Identity::noauth());
             };

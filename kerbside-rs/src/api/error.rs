@@ -102,7 +102,9 @@ impl From<KeystoneError> for ApiError {
     fn from(e: KeystoneError) -> Self {
         tracing::warn!(error = %e, "Keystone failed");
         if e.is_unavailable() {
-            ApiError::Unavailable(format!("The Keystone service is temporarily unavailable: {e}"))
+            ApiError::Unavailable(format!(
+                "The Keystone service is temporarily unavailable: {e}"
+            ))
         } else {
             ApiError::BadGateway(e.to_string())
         }

@@ -359,7 +359,9 @@ impl Policy {
                     Ok(())
                 }
                 Check::Not(c) => visit(policy, c, path),
-                Check::And(cs) | Check::Or(cs) => cs.iter().try_for_each(|c| visit(policy, c, path)),
+                Check::And(cs) | Check::Or(cs) => {
+                    cs.iter().try_for_each(|c| visit(policy, c, path))
+                }
                 _ => Ok(()),
             }
         }
@@ -395,10 +397,7 @@ impl Policy {
                 .get(name)
                 .is_some_and(|c| self.eval(c, creds, target, depth + 1)),
             Check::Match { key, value } => {
-                let want = match value
-                    .strip_prefix("%(")
-                    .and_then(|v| v.strip_suffix(")s"))
-                {
+                let want = match value.strip_prefix("%(").and_then(|v| v.strip_suffix(")s")) {
                     Some(target_key) => match target.get(target_key) {
                         Some(v) => v.as_str(),
                         None => return false,
@@ -503,7 +502,10 @@ mod tests {
         let admin = creds(&["admin", "member", "reader"], &[("project_id", "p1")]);
         let member = creds(&["member", "reader"], &[("project_id", "p1")]);
         let system_reader = creds(&["reader"], &[("system_scope", "all")]);
-        for (name, _, _) in DEFAULT_RULES.iter().filter(|(n, _, _)| n.starts_with("kerbside:")) {
+        for (name, _, _) in DEFAULT_RULES
+            .iter()
+            .filter(|(n, _, _)| n.starts_with("kerbside:"))
+        {
             assert!(p.allows(name, &admin, &none), "admin may {name}");
         }
         assert!(!p.allows("kerbside:source:list", &member, &none));
@@ -517,7 +519,10 @@ mod tests {
     fn target_substitution_and_negation() {
         let p = policy(&[
             ("owner", "project_id:%(project_id)s"),
-            ("kerbside:session:terminate", "rule:owner and not role:observer"),
+            (
+                "kerbside:session:terminate",
+                "rule:owner and not role:observer",
+            ),
         ]);
         let target: HashMap<String, String> = [("project_id".to_owned(), "p1".to_owned())].into();
         let mine = creds(&["member"], &[("project_id", "p1")]);
@@ -555,15 +560,26 @@ mod tests {
     fn loads_files() {
         let dir = tempfile::tempdir().unwrap();
         let missing = Policy::load(&dir.path().join("none.yaml")).unwrap();
-        assert!(!missing.allows("kerbside:source:list", &creds(&["member"], &[]), &HashMap::new()));
+        assert!(!missing.allows(
+            "kerbside:source:list",
+            &creds(&["member"], &[]),
+            &HashMap::new()
+        ));
         let good = dir.path().join("policy.yaml");
         std::fs::write(&good, "\"kerbside:source:list\": \"role:member\"\n").unwrap();
         let p = Policy::load(&good).unwrap();
-        assert!(p.allows("kerbside:source:list", &creds(&["member"], &[]), &HashMap::new()));
+        assert!(p.allows(
+            "kerbside:source:list",
+            &creds(&["member"], &[]),
+            &HashMap::new()
+        ));
         let broken = dir.path().join("broken.yaml");
         std::fs::write(&broken, "\"kerbside:source:list\": \"role:member or\"\n").unwrap();
         let e = Policy::load(&broken).unwrap_err().0;
-        assert!(e.contains("broken.yaml") && e.contains("kerbside:source:list"), "{e}");
+        assert!(
+            e.contains("broken.yaml") && e.contains("kerbside:source:list"),
+            "{e}"
+        );
         std::fs::write(&broken, "- not a map\n").unwrap();
         assert!(Policy::load(&broken).is_err());
     }

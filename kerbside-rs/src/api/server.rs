@@ -114,12 +114,12 @@ pub fn start(
     };
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
-        let (app, openapi) = super::routes::register(App::new().into_utoipa_app()).split_for_parts();
+        let (app, openapi) =
+            super::routes::register(App::new().into_utoipa_app()).split_for_parts();
         app.app_data(state.clone())
             .app_data(web::Data::new(openapi))
             .app_data(
-                web::QueryConfig::default()
-                    .error_handler(|e, _| super::error::bad_request(e)),
+                web::QueryConfig::default().error_handler(|e, _| super::error::bad_request(e)),
             )
             .app_data(web::PathConfig::default().error_handler(|e, _| super::error::bad_request(e)))
             .app_data(

@@ -275,7 +275,9 @@ pub async fn list_console_events(
         )));
     }
     if marker.is_some_and(|m| m < 0) {
-        return Err(ApiError::BadRequest("marker must not be negative".to_owned()));
+        return Err(ApiError::BadRequest(
+            "marker must not be negative".to_owned(),
+        ));
     }
     let console = find(&state, path.into_inner()).await?;
     let events = state

@@ -62,7 +62,9 @@ pub async fn create_server_console(
                 401 => ApiError::Unauthorized {
                     www_authenticate: state.www_authenticate.clone(),
                 },
-                403 => ApiError::Forbidden(format!("os_compute_api:os-remote-consoles ({message})")),
+                403 => {
+                    ApiError::Forbidden(format!("os_compute_api:os-remote-consoles ({message})"))
+                }
                 404 => ApiError::NotFound(format!("Nova: {message}")),
                 409 => ApiError::Conflict(format!("Nova: {message}")),
                 _ => ApiError::BadGateway(format!("Nova answered HTTP {status}: {message}")),
