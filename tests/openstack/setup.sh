@@ -1,5 +1,5 @@
 #!/bin/bash
-# setup.sh STATE_DIR KEYSTONE_PORT NOVA_PORT: prepare a throwaway Keystone + Nova API state
+# setup.sh STATE_DIR KEYSTONE_PORT: prepare a throwaway Keystone + Nova API state
 # directory (configuration, WSGI wrappers, SQLite databases, fernet keys) for the API
 # integration tests. tests/src/openstack.rs runs it, then starts both under gunicorn with
 # serve.sh and seeds Keystone with seed_keystone.py.
@@ -10,15 +10,14 @@ set -euo pipefail
 
 base="$1"
 keystone_port="$2"
-nova_port="$3"
 venv="${KERBSIDE_OPENSTACK_VENV:-/var/tmp/kerbside-openstack-venv}"
 ks_url="http://127.0.0.1:${keystone_port}/v3"
 export PYTHONWARNINGS=ignore
 
-[ -x "$venv/bin/keystone-manage" ] && [ -x "$venv/bin/nova-manage" ] || {
+if [ ! -x "$venv/bin/keystone-manage" ] || [ ! -x "$venv/bin/nova-manage" ]; then
   echo "setup.sh: no OpenStack venv at $venv: run tools/install-openstack.sh" >&2
   exit 1
-}
+fi
 mkdir -p "$base"/{logs,wsgi,nova-etc,nova-state,nova-locks,fernet-keys,credential-keys}
 chmod 700 "$base/fernet-keys" "$base/credential-keys"
 

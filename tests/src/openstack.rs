@@ -230,7 +230,6 @@ impl OpenStack {
         let out = Command::new(scripts().join("setup.sh"))
             .arg(&dir)
             .arg(ks_port.to_string())
-            .arg(nova_port.to_string())
             .output()
             .context("running tests/openstack/setup.sh")?;
         if !out.status.success() {
