@@ -287,7 +287,7 @@ impl OpenStack {
              [keystone_authtoken]\nwww_authenticate_uri = {www}\nauth_url = {auth_url}\n\
              username = {user}\npassword = {password}\nproject_name = service\n\
              region_name = RegionOne\ntoken_cache_time = 300\n\n\
-             [nova]\ntimeout = 5\n",
+             [nova]\ntimeout = 30\n",
             www = self.keystone_root(),
         )
     }
