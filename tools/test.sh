@@ -5,7 +5,8 @@
 #   tools/test.sh --quick    skip the fuzz run and the demo check
 #
 # Real services only: MariaDB on 127.0.0.1:3306 and RabbitMQ on 127.0.0.1:5672 must be
-# running; QEMU and the SPICE clients are installed by tools/install-test-deps.sh. A missing
+# running; QEMU and the SPICE clients are installed by tools/install-test-deps.sh, Keystone
+# and the Nova API (from PyPI, started by the API tests) by tools/install-openstack.sh. A missing
 # service or peer fails the run; nothing is skipped.
 set -euo pipefail
 
@@ -17,6 +18,7 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "installing test dependencies"
 tools/install-test-deps.sh
+tools/install-openstack.sh
 tools/check-services.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"

@@ -135,6 +135,8 @@ pub struct Running {
     pub proxy: Option<ProxyHandle>,
     /// The metrics endpoint's addresses.
     pub metrics_addrs: Vec<std::net::SocketAddr>,
+    /// The API's addresses (empty when the API does not run here).
+    pub api_addrs: Vec<std::net::SocketAddr>,
     /// The shutdown handle.
     pub shutdown: Shutdown,
     /// The database.
@@ -142,6 +144,7 @@ pub struct Running {
     /// Every metric of this process (tests read them).
     pub metrics: Arc<Metrics>,
     metrics_server: Option<actix_web::dev::ServerHandle>,
+    api_server: Option<actix_web::dev::ServerHandle>,
 }
 
 /// The components to run: those asked for, else every configured one.
@@ -177,6 +180,7 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
         .await;
     }
     let mut proxy = None;
+    let mut api = None;
     for component in components {
         match component {
             Component::Proxy => {
@@ -192,9 +196,8 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
                     .await?,
                 );
             }
-            Component::Api => {
-                return Err("the api component is not part of this build yet".to_owned());
-            }
+            // Started after the loop: it needs the proxy's bound ports.
+            Component::Api => {}
             Component::Notifications => {
                 let started = crate::notifications::start(
                     config.clone(),
@@ -211,6 +214,16 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
             }
         }
     }
+    if components.contains(&Component::Api) {
+        let started = start_api(&config, &db, proxy.as_ref(), &shutdown);
+        match started {
+            Ok(started) => api = Some(started),
+            Err(e) => {
+                shutdown.stop_now().await;
+                return Err(e);
+            }
+        }
+    }
     let (metrics_server, metrics_addrs) = if config.metrics.enabled {
         let addr = std::net::SocketAddr::new(config.metrics.bind_host, config.metrics.bind_port);
         let (server, addrs) = crate::metrics::serve(metrics.clone(), addr)
@@ -222,9 +235,15 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
         (None, Vec::new())
     };
     shutdown.set_running();
+    let (api_server, api_addrs) = match api {
+        Some((handle, addrs)) => (Some(handle), addrs),
+        None => (None, Vec::new()),
+    };
     Ok(Running {
         proxy,
         metrics_addrs,
+        api_addrs,
+        api_server,
         shutdown,
         db,
         metrics,
@@ -232,9 +251,40 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
     })
 }
 
+/// Starts the API. `.vv` files carry the proxy's public ports: a proxy configured with port 0
+/// (tests, demos) on this node lends the ports it really bound.
+fn start_api(
+    config: &Arc<Config>,
+    db: &Db,
+    proxy: Option<&ProxyHandle>,
+    shutdown: &Shutdown,
+) -> Result<(actix_web::dev::ServerHandle, Vec<std::net::SocketAddr>), String> {
+    let identity = proxy_identity(config)?;
+    let mut effective = (**config).clone();
+    if let Some(proxy) = proxy {
+        let p = &mut effective.proxy;
+        if p.public_tls_port.is_none() && p.tls_port == 0 {
+            p.public_tls_port = proxy.tls_addrs.first().map(|a| a.port());
+        }
+        if p.public_insecure_port.is_none() && p.insecure_port == 0 {
+            p.public_insecure_port = proxy.insecure_addrs.first().map(|a| a.port());
+        }
+    }
+    let state = crate::api::ApiState::new(
+        Arc::new(effective),
+        db.clone(),
+        identity.ca_pem,
+        identity.host_subject,
+    )?;
+    crate::api::start(state, shutdown)
+}
+
 impl Running {
     /// Graceful stop: drain for up to `grace`, then close everything.
     pub async fn stop(&self, grace: Duration) {
+        if let Some(server) = &self.api_server {
+            server.stop(true).await;
+        }
         self.shutdown.drain(grace).await;
         if let Some(server) = &self.metrics_server {
             server.stop(true).await;

@@ -4,6 +4,7 @@
 // Lets helper functions use the test-only lint allowances (unwrap, indexing) too.
 #![cfg(test)]
 
+mod api;
 mod cli;
 mod db;
 mod notifications;

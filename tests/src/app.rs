@@ -286,6 +286,14 @@ impl TestApp {
         self.insecure_addr
     }
 
+    /// The API's base URL (`http://127.0.0.1:PORT`), when the API runs.
+    pub fn api_url(&self) -> Option<String> {
+        self.running
+            .api_addrs
+            .first()
+            .map(|a| format!("http://{a}"))
+    }
+
     /// The database.
     pub fn db(&self) -> &Db {
         &self.running.db

@@ -9,12 +9,14 @@
 //! - [`db`]: `TestDatabase`, a throwaway migrated database on SQLite or MariaDB.
 //! - [`rabbit`]: RabbitMQ with per-test names, publishing Nova notification fixtures.
 //! - [`chaos`]: a TCP relay a test can sever and restore.
+//! - [`openstack`]: real Keystone and Nova API from PyPI, on loopback.
 //! - [`app`]: kerbside itself, in-process.
 
 pub mod app;
 pub mod chaos;
 pub mod clients;
 pub mod db;
+pub mod openstack;
 pub mod pki;
 pub mod ports;
 mod proc_util;

@@ -1,0 +1,24 @@
+//! The HTTP API on `[api] bind_host:bind_port` (actix-web):
+//!
+//! - `GET /`, `GET /healthcheck`, `GET /openapi.json`;
+//! - `GET /nova?token=T` and `GET /nova-console.vv?token=T`: Nova spice-direct console token
+//!   exchange (the Nova token is the credential);
+//! - `/v1/...`: the operator API (Keystone `X-Auth-Token`, oslo.policy-style rules) and the
+//!   broker call for dashboards, `POST /v1/servers/{instance_uuid}/console`.
+//!
+//! Owns HTTP: routing, authentication, authorization, error bodies and the OpenAPI
+//! document. Keystone and Nova calls live in [`crate::keystone`] and [`crate::nova`], data in
+//! [`crate::db`]. It never imports the proxy or the notification consumer.
+
+pub mod access;
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod policy;
+pub mod routes;
+pub mod server;
+pub mod v1;
+
+pub use error::ApiError;
+pub use routes::openapi;
+pub use server::{ApiState, start};
