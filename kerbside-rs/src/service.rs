@@ -155,7 +155,14 @@ pub fn components(config: &Config, asked: &[Component]) -> Vec<Component> {
         v.dedup();
         return v;
     }
-    let mut v = vec![Component::Proxy];
+    // The API is configured once it can authenticate requests (or is told not to).
+    let mut v = Vec::new();
+    if config.api.auth_strategy == crate::config::AuthStrategy::NoAuth
+        || config.keystone_authtoken.auth_url.is_some()
+    {
+        v.push(Component::Api);
+    }
+    v.push(Component::Proxy);
     if config.notification_transport_url().is_some() {
         v.push(Component::Notifications);
     }
