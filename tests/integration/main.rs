@@ -9,3 +9,4 @@ mod db;
 mod notifications;
 mod peers;
 mod proxy;
+mod readiness;
