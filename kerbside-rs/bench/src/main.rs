@@ -281,6 +281,10 @@ async fn round_trips(bench: &Bench, args: &Args, report: &mut Report) -> Result<
     for c in Config::ALL {
         let password = bench.passwords(c, 1).await?;
         let s = open_session(bench.target(c), password.first().context("password")?).await?;
+        // Measure the relay path, not the key refill that follows a link.
+        if let Some(pid) = bench.pid(c) {
+            settle(pid, Duration::from_secs(10)).await;
+        }
         let hv = bench.hv(c);
         let _ = hv.take_rtts();
         hv.start_pings(args.pings);
