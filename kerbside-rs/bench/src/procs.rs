@@ -266,11 +266,13 @@ impl Relay {
             .concat(),
         )?;
         let port = free_port()?;
+        // HAProxy refuses to start when maxconn needs more descriptors than it may open.
+        let maxconn = open_files_limit().map_or(9000, |n| (n.saturating_sub(100) / 2).min(9000));
         let cfg = dir.join("haproxy.cfg");
         std::fs::write(
             &cfg,
             format!(
-                "global\n  maxconn 9000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
+                "global\n  maxconn {maxconn}\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  \
                  timeout client 1h\n  timeout server 1h\n\nfrontend spice\n  \
                  bind 127.0.0.1:{port} ssl crt {pem}\n  default_backend hypervisor\n\n\
                  backend hypervisor\n  server hv {hypervisor}\n",
@@ -302,6 +304,18 @@ impl Relay {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+/// This process's soft limit on open files (inherited by the proxies it starts).
+fn open_files_limit() -> Option<u64> {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }
 
 fn haproxy() -> Result<PathBuf> {
