@@ -10,3 +10,4 @@ mod db;
 mod notifications;
 mod peers;
 mod proxy;
+mod readiness;
