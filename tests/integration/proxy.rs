@@ -81,6 +81,25 @@ async fn closes(stream: &mut Box<dyn spice_client::Stream>) -> bool {
     .is_ok()
 }
 
+/// Links a session's main channel through `main_via` and its display channel through
+/// `display_via` (possibly another proxy node), like spice-gtk does: main first, then the
+/// display with the connection id MAIN_INIT gave.
+async fn main_and_display(
+    main_via: &ClientOptions,
+    display_via: &ClientOptions,
+    token: &str,
+) -> Result<(spice_client::ClientChannel, spice_client::ClientChannel)> {
+    let mut main = spice_client::link(main_via, ChannelType::Main, 0, 0, token)
+        .await?
+        .map_err(|e| anyhow::anyhow!("main link: {e}"))?;
+    let (_, init) = spice_client::read_message(&mut main.stream).await?;
+    let connection_id = u32::from_le_bytes(init[..4].try_into()?);
+    let display = spice_client::link(display_via, ChannelType::Display, 0, connection_id, token)
+        .await?
+        .map_err(|e| anyhow::anyhow!("display link: {e}"))?;
+    Ok((main, display))
+}
+
 #[tokio::test]
 async fn screenshot_through_the_proxy_matches_direct() -> Result<()> {
     require_all(&["qemu", "spicy-screenshot"])?;
@@ -654,20 +673,7 @@ async fn terminate_ends_a_live_session() -> Result<()> {
     let console = TestConsole::for_server(&server);
     let app = TestApp::builder().console(console.clone()).start().await?;
     let token = app.mint_token(&console.uuid, TTL).await?;
-    let mut main = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token)
-        .await?
-        .map_err(|e| anyhow::anyhow!("link: {e}"))?;
-    let (_, init) = spice_client::read_message(&mut main.stream).await?;
-    let connection_id = u32::from_le_bytes(init[..4].try_into()?);
-    let mut display = spice_client::link(
-        &app.client(),
-        ChannelType::Display,
-        0,
-        connection_id,
-        &token,
-    )
-    .await?
-    .map_err(|e| anyhow::anyhow!("display: {e}"))?;
+    let (mut main, mut display) = main_and_display(&app.client(), &app.client(), &token).await?;
     let session = app
         .sessions(true)
         .await?
@@ -742,20 +748,7 @@ async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<(
         addr: b_addr,
         ..node_a.client()
     };
-    let mut main = spice_client::link(&on_b, ChannelType::Main, 0, 0, &token)
-        .await?
-        .map_err(|e| anyhow::anyhow!("main on B: {e}"))?;
-    let (_, init) = spice_client::read_message(&mut main.stream).await?;
-    let connection_id = u32::from_le_bytes(init[..4].try_into()?);
-    let mut display = spice_client::link(
-        &node_a.client(),
-        ChannelType::Display,
-        0,
-        connection_id,
-        &token,
-    )
-    .await?
-    .map_err(|e| anyhow::anyhow!("display on A: {e}"))?;
+    let (mut main, mut display) = main_and_display(&on_b, &node_a.client(), &token).await?;
     let session = node_a
         .sessions(true)
         .await?
