@@ -212,8 +212,16 @@ pub fn run_service(args: ServiceArgs) -> ExitCode {
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
+    // Database calls run on the blocking pool, but at most `max_pool_size` of them can hold a
+    // connection: more threads than that only wait, and each idle one keeps its stack for a
+    // while after a burst of links.
+    let blocking = usize::try_from(config.database.max_pool_size)
+        .unwrap_or(10)
+        .saturating_mul(2)
+        .max(16);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(blocking)
         .build()
     {
         Ok(runtime) => runtime,
