@@ -208,7 +208,8 @@ fn probe_args(running: &Running, ca: &Path, token: &str) -> Result<ProbeArgs> {
         tls_port: Some(tls.port()),
         password: Some(token.to_owned()),
         ca_file: Some(ca.to_path_buf()),
-        channels: "main".into(),
+        // The channels QEMU offers a plain VM: the session is only held once all are up.
+        channels: "main,display,inputs,cursor".into(),
         timeout: Duration::from_secs(150),
         ..ProbeArgs::default()
     })
@@ -232,7 +233,15 @@ async fn hold_session(
             if finished {
                 bail!("the probe ended before its session started");
             }
-            Ok(live_sessions(&db, uuid).await?.into_iter().next())
+            // Wait for every channel, not just main: ending a session while spice-gtk is
+            // still linking its other channels races inside spice-server (seen here once as
+            // QEMU dropping a half-linked channel and then the whole VM's SPICE server).
+            let Some(session) = live_sessions(&db, uuid).await?.into_iter().next() else {
+                return Ok(None);
+            };
+            let id = session.id.clone();
+            let channels = db.run(move |conn| models::list_channels(conn, &id)).await?;
+            Ok((channels.len() >= 4).then_some(session))
         }
     })
     .await;
