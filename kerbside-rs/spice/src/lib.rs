@@ -7,6 +7,7 @@
 pub mod caps;
 pub mod consts;
 pub mod error;
+mod keygen;
 pub mod link;
 pub mod msg;
 pub mod ticket;

@@ -21,9 +21,6 @@ use zeroize::Zeroizing;
 use super::consts::{LinkError, MAX_PASSWORD_LEN, PUBKEY_LEN, TICKET_LEN};
 use super::error::SpiceError;
 
-/// RSA modulus size SPICE uses for tickets (`SPICE_TICKET_KEY_PAIR_LENGTH`).
-const KEY_BITS: usize = 1024;
-
 /// A one-shot RSA-1024 key pair (e = 65537) for one client link.
 ///
 /// The private key is zeroed when dropped (the rsa crate zeroizes it).
@@ -33,13 +30,13 @@ pub struct TicketKey {
 }
 
 impl TicketKey {
-    /// Generate a fresh key. This costs tens of milliseconds: call it off the
-    /// async runtime (e.g. a pool filled by a blocking thread).
+    /// Generate a fresh key. This costs a few milliseconds of CPU: call it off
+    /// the async runtime (e.g. a pool filled by a blocking thread).
     ///
     /// # Errors
     /// `Crypto` if key generation or DER encoding fails.
     pub fn generate<R: CryptoRng + RngCore>(rng: &mut R) -> Result<Self, SpiceError> {
-        let key = RsaPrivateKey::new(rng, KEY_BITS)
+        let key = super::keygen::generate_rsa_1024(rng)
             .map_err(|_| SpiceError::Crypto("RSA key generation failed"))?;
         let der = key
             .to_public_key()
