@@ -4,6 +4,7 @@
 //! It depends on `config`, `db` (through `store`), `spice` (pure protocol) and `metrics`; it
 //! never imports the API or the notification consumer.
 
+mod copy;
 pub mod error;
 pub mod keypool;
 pub mod registry;

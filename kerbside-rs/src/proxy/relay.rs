@@ -34,9 +34,19 @@ use crate::spice::{
 /// spice-server chunk agent data at 2 KiB; anything near this limit is hostile.
 pub const MAIN_MAX_BODY: u32 = 1024 * 1024;
 
-/// Buffer size for opaque channels: large enough for display bursts, small enough that 1,000
-/// sessions of 4 channels stay cheap (buffers are allocated per direction).
-pub const RELAY_BUFFER: usize = 16 * 1024;
+/// Initial buffer size for the framed main channel, which carries small messages (agent data
+/// comes in 2 KiB chunks). A buffer that grew for a large message is given back once empty.
+const MAIN_BUFFER: usize = 4 * 1024;
+
+/// Largest buffer capacity the main channel keeps once its buffer is empty.
+const MAIN_BUFFER_KEEP: usize = 16 * 1024;
+
+/// Replaces an empty buffer that grew past [`MAIN_BUFFER_KEEP`] with a fresh small one.
+fn shrink_if_empty(buf: &mut Vec<u8>) {
+    if buf.is_empty() && buf.capacity() > MAIN_BUFFER_KEEP {
+        *buf = Vec::with_capacity(MAIN_BUFFER);
+    }
+}
 
 /// Live byte counters and activity time of one channel, shared with the session registry.
 #[derive(Debug)]
@@ -195,12 +205,7 @@ where
         meter: &meter,
         direction: Direction::ToClient,
     };
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        RELAY_BUFFER,
-        RELAY_BUFFER,
-    );
+    let copy = super::copy::copy_bidirectional(&mut client, &mut upstream);
     tokio::select! {
         result = copy => match result {
             Ok(_) => RelayEnd::Closed(Side::Client),
@@ -278,8 +283,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut on_init = Some(on_init);
-    let mut buf: Vec<u8> = Vec::with_capacity(RELAY_BUFFER);
-    let mut out: Vec<u8> = Vec::with_capacity(RELAY_BUFFER);
+    let mut buf: Vec<u8> = Vec::with_capacity(MAIN_BUFFER);
+    let mut out: Vec<u8> = Vec::with_capacity(MAIN_BUFFER);
     loop {
         match upstream.read_buf(&mut buf).await {
             Ok(0) => {
@@ -344,11 +349,13 @@ where
         }
         let consumed = frames.consumed();
         buf.drain(..consumed);
+        shrink_if_empty(&mut buf);
         if !out.is_empty() {
             if let Err(e) = client.write_all(&out).await {
                 return RelayEnd::Failed(ProxyError::ClientIo(e));
             }
             out.clear();
+            shrink_if_empty(&mut out);
         }
     }
 }
@@ -364,7 +371,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf: Vec<u8> = Vec::with_capacity(RELAY_BUFFER);
+    let mut buf: Vec<u8> = Vec::with_capacity(MAIN_BUFFER);
     loop {
         tokio::select! {
             // Only whole client messages are ever written upstream, so an injected message
@@ -396,6 +403,7 @@ where
                         return RelayEnd::Failed(ProxyError::HypervisorProtocol { addr: String::new(), reason: format!("write failed: {e}") });
                     }
                     buf.drain(..whole);
+                    shrink_if_empty(&mut buf);
                 }
             }
         }
