@@ -1056,6 +1056,34 @@ async fn audit_events(t: &TestDatabase) -> anyhow::Result<()> {
         vec!["one", "two"]
     );
 
+    // A batch keeps each event's own time and its order.
+    let earlier = at - TimeDelta::seconds(5);
+    record_events_at(
+        &mut c,
+        &[
+            (
+                NewAuditEvent::new("n", "b", "three").console(console.id),
+                earlier,
+            ),
+            (NewAuditEvent::new("n", "b", "four").console(console.id), at),
+        ],
+    )?;
+    let all = list_events_for_console(&mut c, console.id, None, 10)?;
+    let batch: Vec<_> = all.iter().filter(|e| e.event_type == "b").collect();
+    assert_eq!(
+        batch
+            .iter()
+            .map(|e| (e.message.as_str(), e.event_time))
+            .collect::<Vec<_>>(),
+        vec![("three", earlier), ("four", at)]
+    );
+    // Take them out again so the pagination below counts only its own events.
+    diesel::delete(
+        kerbside::db::schema::audit_events::table
+            .filter(kerbside::db::schema::audit_events::event_type.eq("b")),
+    )
+    .execute(&mut c)?;
+
     // Keyset pagination over 25 events interleaved with another console's.
     for i in 0..23 {
         record_event(

@@ -4,7 +4,9 @@
 //! trip to authorize, one to start a session, one per channel) and the rest of the proxy free
 //! of Diesel.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use chrono::NaiveDateTime;
 
 use super::error::{DenyReason, ProxyError};
 use super::registry::LocalSession;
@@ -20,7 +22,20 @@ use crate::spice::ChannelType;
 pub struct Store {
     db: Db,
     node: Arc<str>,
+    audit: Arc<Mutex<AuditQueue>>,
 }
+
+/// Audit events waiting to be written. One writer task at a time drains the queue, so events
+/// raised while it writes go into the next transaction: one database round trip per batch
+/// instead of three per event.
+#[derive(Default)]
+struct AuditQueue {
+    events: Vec<(NewAuditEvent, NaiveDateTime)>,
+    writing: bool,
+}
+
+/// Most events written in one transaction.
+const AUDIT_BATCH: usize = 256;
 
 /// Where a console is and how to authenticate to it.
 #[derive(Clone)]
@@ -165,6 +180,7 @@ impl Store {
         Store {
             db,
             node: node.into(),
+            audit: Arc::default(),
         }
     }
 
@@ -455,20 +471,45 @@ impl Store {
     }
 
     /// Records an audit event without making the caller wait; a failure is logged.
+    ///
+    /// Events are queued with the time they happened and written in batches by one background
+    /// task (tracked by `shutdown`, so a clean stop writes what is queued).
     pub fn audit(&self, shutdown: &Shutdown, event: AuditEvent) {
-        let db = self.db.clone();
-        let node = self.node.to_string();
-        shutdown.tracker().spawn(async move {
-            let mut new = NewAuditEvent::new(node, event.event_type, event.message);
-            new.console_id = event.console_id.map(ConsoleId);
-            new.session_id = event.session_id.map(SessionId);
-            new.channel_id = event.channel_id.map(models::ChannelId);
-            if let Err(e) = db
-                .run(move |conn| models::record_event(conn, &new).map(|_| ()))
-                .await
-            {
-                tracing::warn!(error = %e, "cannot record an audit event");
+        let mut new = NewAuditEvent::new(self.node.to_string(), event.event_type, event.message);
+        new.console_id = event.console_id.map(ConsoleId);
+        new.session_id = event.session_id.map(SessionId);
+        new.channel_id = event.channel_id.map(models::ChannelId);
+        let start_writer = {
+            let mut queue = self.audit.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.events.push((new, crate::db::now()));
+            !std::mem::replace(&mut queue.writing, true)
+        };
+        if start_writer {
+            let db = self.db.clone();
+            let queue = self.audit.clone();
+            shutdown.tracker().spawn(write_audit_events(db, queue));
+        }
+    }
+}
+
+/// Writes queued audit events until the queue is empty.
+async fn write_audit_events(db: Db, queue: Arc<Mutex<AuditQueue>>) {
+    loop {
+        let batch: Vec<_> = {
+            let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            if queue.events.is_empty() {
+                queue.writing = false;
+                return;
             }
-        });
+            let take = queue.events.len().min(AUDIT_BATCH);
+            queue.events.drain(..take).collect()
+        };
+        let count = batch.len();
+        if let Err(e) = db
+            .run(move |conn| models::record_events_at(conn, &batch))
+            .await
+        {
+            tracing::warn!(error = %e, events = count, "cannot record audit events");
+        }
     }
 }

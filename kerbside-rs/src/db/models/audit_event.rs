@@ -146,6 +146,25 @@ pub fn record_event(conn: &mut DbConnection, event: &NewAuditEvent) -> DbResult<
     record_event_at(conn, event, now())
 }
 
+/// Append events, each with the time it happened, in one transaction and without reading
+/// them back (the proxy's batched audit trail).
+///
+/// # Errors
+/// [`DbError::Query`] on database failure; then none of them is recorded.
+pub fn record_events_at(
+    conn: &mut DbConnection,
+    events: &[(NewAuditEvent, NaiveDateTime)],
+) -> DbResult<()> {
+    conn.transaction::<_, DbError, _>(|conn| {
+        for (event, at) in events {
+            diesel::insert_into(audit_events::table)
+                .values((event, audit_events::event_time.eq(*at)))
+                .execute(conn)?;
+        }
+        Ok(())
+    })
+}
+
 /// Append an event with an explicit time (for events observed earlier, and for tests).
 ///
 /// # Errors
