@@ -1,6 +1,6 @@
 //! The pool of one-time RSA keys for the link stage.
 //!
-//! RSA-1024 key generation costs tens of milliseconds, far too much for the connection path, so
+//! RSA-1024 key generation costs milliseconds of CPU, too much for the connection path, so
 //! dedicated threads keep a bounded queue of fresh keys. Each link takes one key and the key is
 //! consumed by the ticket decryption: no key ever decrypts two tickets, which leaves a timing
 //! attacker a single sample per key. When links arrive faster than keys are made, links wait
