@@ -295,6 +295,9 @@ struct Monty {
     one: U512,
     /// n - 1 in Montgomery form.
     minus_one: U512,
+    /// n - 1 = d·2^s with d odd.
+    d: U512,
+    s: u32,
 }
 
 impl Monty {
@@ -309,11 +312,14 @@ impl Monty {
         // R mod n = 2^512 - n, since 2^511 <= n < 2^512.
         let (one, _) = sub(&[0; LIMBS], &n);
         let minus_one = sub(&n, &one).0;
+        let (d, s) = odd_part(&n);
         Monty {
             n,
             n0: inverse.wrapping_neg(),
             one,
             minus_one,
+            d,
+            s,
         }
     }
 
@@ -427,15 +433,14 @@ impl Monty {
 
     /// One Miller-Rabin round to base 2.
     fn miller_rabin_base_two(&self) -> bool {
-        let (d, s) = self.odd_part();
         // 2^d: square for every bit, double where the bit is set.
         let mut x = self.one;
         for bit in (0..512).rev() {
             x = self.square(&x);
             let doubled = self.double(&x);
-            x = select(bit_mask(&d, bit), &doubled, &x);
+            x = select(bit_mask(&self.d, bit), &doubled, &x);
         }
-        self.finish_round(x, s)
+        self.finish_round(x)
     }
 
     /// One Miller-Rabin round to a uniformly random base in [2, n - 2]; `r2` is
@@ -443,23 +448,23 @@ impl Monty {
     fn miller_rabin<R: RngCore>(&self, rng: &mut R, r2: &U512) -> bool {
         let base = loop {
             let candidate = random_u512(rng);
-            let (_, below) = sub(&candidate, &self.minus_one_plain());
+            // Uniform in [2, n - 2]: keep candidates below n - 1 and not below 2.
+            let (_, below) = sub(&candidate, &sub(&self.n, &[1, 0, 0, 0, 0, 0, 0, 0]).0);
             if below == 1 && !less_than(&candidate, &[2, 0, 0, 0, 0, 0, 0, 0]) {
                 break candidate;
             }
         };
-        let (d, s) = self.odd_part();
-        let x = self.pow(&self.mul(&base, r2), &d);
-        self.finish_round(x, s)
+        let x = self.pow(&self.mul(&base, r2), &self.d);
+        self.finish_round(x)
     }
 
     /// The Miller-Rabin tail: `x = a^d`; n passes if x = ±1 or x squares to -1 within s - 1
     /// squarings.
-    fn finish_round(&self, mut x: U512, s: u32) -> bool {
+    fn finish_round(&self, mut x: U512) -> bool {
         if ct_eq(&x, &self.one) || ct_eq(&x, &self.minus_one) {
             return true;
         }
-        for _ in 1..s {
+        for _ in 1..self.s {
             x = self.square(&x);
             if ct_eq(&x, &self.minus_one) {
                 return true;
@@ -469,26 +474,6 @@ impl Monty {
             }
         }
         false
-    }
-
-    /// n - 1 = d·2^s with d odd.
-    fn odd_part(&self) -> (U512, u32) {
-        let (mut d, _) = sub(&self.n, &[1, 0, 0, 0, 0, 0, 0, 0]);
-        let mut s = 0;
-        while d.first().is_some_and(|low| low & 1 == 0) {
-            let mut carry = 0;
-            for limb in d.iter_mut().rev() {
-                let next = *limb & 1;
-                *limb = (*limb >> 1) | (carry << 63);
-                carry = next;
-            }
-            s += 1;
-        }
-        (d, s)
-    }
-
-    fn minus_one_plain(&self) -> U512 {
-        sub(&self.n, &[1, 0, 0, 0, 0, 0, 0, 0]).0
     }
 
     /// `base^exponent` in Montgomery form, 4-bit fixed windows, constant-time table reads.
@@ -515,6 +500,22 @@ impl Monty {
         table.zeroize();
         x
     }
+}
+
+/// `n - 1 = d·2^s` with d odd, for odd n > 1.
+fn odd_part(n: &U512) -> (U512, u32) {
+    let (mut d, _) = sub(n, &[1, 0, 0, 0, 0, 0, 0, 0]);
+    let mut s = 0;
+    while d.first().is_some_and(|low| low & 1 == 0) {
+        let mut carry = 0;
+        for limb in d.iter_mut().rev() {
+            let next = *limb & 1;
+            *limb = (*limb >> 1) | (carry << 63);
+            carry = next;
+        }
+        s += 1;
+    }
+    (d, s)
 }
 
 /// All ones when bit `bit` of `x` is set, else zero.

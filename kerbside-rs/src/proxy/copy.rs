@@ -222,17 +222,24 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn reports_errors() {
-        struct Broken;
-        impl AsyncRead for Broken {
+        /// A peer that accepts no bytes; its reads fail when `read_fails`, else never complete.
+        struct Stub {
+            read_fails: bool,
+        }
+        impl AsyncRead for Stub {
             fn poll_read(
                 self: Pin<&mut Self>,
                 _: &mut Context<'_>,
                 _: &mut ReadBuf<'_>,
             ) -> Poll<io::Result<()>> {
-                Poll::Ready(Err(io::Error::other("reset")))
+                if self.read_fails {
+                    Poll::Ready(Err(io::Error::other("reset")))
+                } else {
+                    Poll::Pending
+                }
             }
         }
-        impl AsyncWrite for Broken {
+        impl AsyncWrite for Stub {
             fn poll_write(
                 self: Pin<&mut Self>,
                 _: &mut Context<'_>,
@@ -247,41 +254,18 @@ mod tests {
                 Poll::Ready(Ok(()))
             }
         }
+
+        // A read error on either side ends the copy with that error.
         let (mut a, _peer) = tokio::io::duplex(64);
-        let err = copy_bidirectional(&mut a, &mut Broken).await.unwrap_err();
+        let mut broken = Stub { read_fails: true };
+        let err = copy_bidirectional(&mut a, &mut broken).await.unwrap_err();
         assert_eq!(err.to_string(), "reset");
 
+        // A writer that takes nothing is an error, not a busy loop.
         let (mut a, mut peer) = tokio::io::duplex(64);
         peer.write_all(b"x").await.unwrap();
-        let err = copy_bidirectional(&mut a, &mut WriteZero)
-            .await
-            .unwrap_err();
+        let mut full = Stub { read_fails: false };
+        let err = copy_bidirectional(&mut a, &mut full).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WriteZero);
-
-        struct WriteZero;
-        impl AsyncRead for WriteZero {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-                _: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                Poll::Pending
-            }
-        }
-        impl AsyncWrite for WriteZero {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-                _: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                Poll::Ready(Ok(0))
-            }
-            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Poll::Ready(Ok(()))
-            }
-            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-                Poll::Ready(Ok(()))
-            }
-        }
     }
 }
