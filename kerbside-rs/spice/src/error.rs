@@ -43,11 +43,6 @@ impl SpiceError {
         Self::Invalid { code, reason }
     }
 
-    /// Whether more input could still make this parse succeed.
-    pub fn is_incomplete(&self) -> bool {
-        matches!(self, Self::Incomplete { .. })
-    }
-
     /// The link error code to send the client for this failure, matching
     /// spice-server: bad tickets and failed decryption are PERMISSION_DENIED.
     /// `Incomplete` only reaches a client when its stream ended early, so it
@@ -85,8 +80,6 @@ mod tests {
             SpiceError::TicketTooLong.link_error(),
             LinkError::PermissionDenied
         );
-        assert!(SpiceError::Incomplete { needed: 1 }.is_incomplete());
-        assert!(!SpiceError::TicketTooLong.is_incomplete());
     }
 
     #[test]

@@ -1,9 +1,14 @@
-//! Data-stage framing: the 6-byte mini and 18-byte full message headers, a
-//! `Framer` that finds message boundaries in a relay buffer, a 1:1
-//! replacement no-op message, and the few main-channel helpers the proxy
-//! needs (MAIN_INIT session id, migration message classes). Message bodies
-//! are otherwise opaque here: per-message parsing and policy belong to the
-//! proxy's inspection code.
+//! Data-stage messages: the 6-byte mini and 18-byte full headers (parse and
+//! encode), whole-message encoding, a 1:1 replacement no-op message, and the
+//! main-channel helpers the firewall's rules use (MAIN_INIT session id,
+//! migration message classes). Message bodies are otherwise opaque here.
+//!
+//! [`Framer`] finds message boundaries in a buffer that holds whole messages;
+//! the tests and the `framer` fuzz target use it. The proxy's relay does not:
+//! it frames each direction as a stream, in pieces, with
+//! `firewall::StreamFramer` inside `firewall::DirectionFilter`, and
+//! `firewall::rules` holds the per-message policy. This module owns no policy
+//! and keeps no state.
 
 use super::caps::Caps;
 use super::consts::{
@@ -108,17 +113,19 @@ pub fn encode_header(kind: HeaderKind, header: &MessageHeader, out: &mut Vec<u8>
     }
 }
 
-/// Finds message boundaries in a byte stream of one channel direction.
+/// Finds message boundaries in a buffer of one channel direction's bytes.
 ///
-/// A relay appends what it reads to a buffer, calls `next_message`, and for
-/// each complete message splits exactly `len` bytes off the front (e.g.
-/// `BytesMut::split_to`) to forward, rewrite in place, or replace; bodies
-/// are never copied by the framer.
+/// The caller keeps what it has read in one buffer, calls `next_message` (or
+/// walks `frames`), and for each complete message takes exactly `len` bytes
+/// off the front; bodies are never copied by the framer. Every message must
+/// be whole in the buffer before it is found, so the buffer grows to the
+/// largest message: for a stream read in pieces, `firewall::StreamFramer`
+/// needs only a header's worth of memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Framer {
     /// Header format of this connection.
     pub kind: HeaderKind,
-    /// Largest body accepted; larger messages are an error, so a relay never
+    /// Largest body accepted; larger messages are an error, so a caller never
     /// buffers more than `kind.len() + max_body` bytes for one message.
     pub max_body: u32,
 }
@@ -230,9 +237,11 @@ impl<'a> Iterator for Frames<'a> {
 
 impl std::iter::FusedIterator for Frames<'_> {}
 
-/// Encode a complete message. `serial` is ignored for mini headers; use
-/// the next serial of that direction for full headers. Bodies are bounded
-/// by the caller far below 4 GiB.
+/// Encode a complete message, in either direction (the firewall's injected
+/// messages, such as an empty client->server `MSGC_MAIN_MIGRATE_CONNECT_ERROR`,
+/// are built with it too). `serial` is ignored for mini headers; use the next
+/// serial of that direction for full headers. Bodies are bounded by the
+/// caller far below 4 GiB.
 pub fn encode_message(kind: HeaderKind, serial: u64, msg_type: u16, body: &[u8]) -> Vec<u8> {
     let header = MessageHeader {
         serial,
@@ -244,14 +253,6 @@ pub fn encode_message(kind: HeaderKind, serial: u64, msg_type: u16, body: &[u8])
     encode_header(kind, &header, &mut out);
     out.extend_from_slice(body);
     out
-}
-
-/// Encode a client->server message the proxy sends on a client's behalf,
-/// e.g. `MSGC_MAIN_MIGRATE_CONNECT_ERROR` with an empty body so the server
-/// does not wait 10 s for a client that will never reach the migration
-/// target.
-pub fn encode_client_message(kind: HeaderKind, serial: u64, msg_type: u16, body: &[u8]) -> Vec<u8> {
-    encode_message(kind, serial, msg_type, body)
 }
 
 /// An empty `SPICE_MSG_LIST` (type 8, body = u16 count 0). spice-gtk counts it
@@ -317,18 +318,6 @@ pub fn migration_kind(channel: ChannelType, msg_type: u16) -> Option<MigrationKi
         | MSG_MAIN_MIGRATE_DST_SEAMLESS_NACK => Some(MigrationKind::AddressFree),
         _ => None,
     }
-}
-
-/// Whether a server->client message is main-channel migration traffic
-/// (either kind; see `migration_kind` to tell them apart).
-pub fn is_migration_message(channel: ChannelType, msg_type: u16) -> bool {
-    migration_kind(channel, msg_type).is_some()
-}
-
-/// Whether a server->client message carries a hypervisor address
-/// (main 101, 111, 116).
-pub fn carries_hypervisor_address(channel: ChannelType, msg_type: u16) -> bool {
-    migration_kind(channel, msg_type) == Some(MigrationKind::CarriesAddress)
 }
 
 #[cfg(test)]
@@ -472,10 +461,10 @@ mod tests {
     #[test]
     fn client_message_for_connect_error() {
         assert_eq!(
-            encode_client_message(HeaderKind::Mini, 0, MSGC_MAIN_MIGRATE_CONNECT_ERROR, &[]),
+            encode_message(HeaderKind::Mini, 0, MSGC_MAIN_MIGRATE_CONNECT_ERROR, &[]),
             [103, 0, 0, 0, 0, 0]
         );
-        let full = encode_client_message(HeaderKind::Full, 5, 103, &[1, 2]);
+        let full = encode_message(HeaderKind::Full, 5, 103, &[1, 2]);
         assert_eq!(
             full,
             [5, 0, 0, 0, 0, 0, 0, 0, 103, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 2]
@@ -485,21 +474,22 @@ mod tests {
     #[test]
     fn migration_classes() {
         for t in [101, 111, 116] {
-            assert!(carries_hypervisor_address(ChannelType::Main, t));
-            assert!(is_migration_message(ChannelType::Main, t));
+            assert_eq!(
+                migration_kind(ChannelType::Main, t),
+                Some(MigrationKind::CarriesAddress)
+            );
         }
         for t in [102, 112, 117, 118] {
             assert_eq!(
                 migration_kind(ChannelType::Main, t),
                 Some(MigrationKind::AddressFree)
             );
-            assert!(!carries_hypervisor_address(ChannelType::Main, t));
         }
         for t in [1, 2, 103, 104, 109, 113] {
-            assert!(!is_migration_message(ChannelType::Main, t));
+            assert_eq!(migration_kind(ChannelType::Main, t), None);
         }
-        assert!(!is_migration_message(ChannelType::Display, 101));
-        assert!(!is_migration_message(ChannelType::Unknown(1), 111));
+        assert_eq!(migration_kind(ChannelType::Display, 101), None);
+        assert_eq!(migration_kind(ChannelType::Unknown(1), 111), None);
     }
 
     #[test]
@@ -570,7 +560,7 @@ mod tests {
                         assert_eq!(frame.body().len(), frame.header.size as usize);
                         pos += frame.bytes.len();
                     }
-                    Err(err) => assert!(!err.is_incomplete()),
+                    Err(err) => assert!(!matches!(err, SpiceError::Incomplete { .. })),
                 }
             }
             assert_eq!(frames.consumed(), pos);
