@@ -16,7 +16,7 @@ pub fn deep_check(config: &Config) -> Vec<ConfigProblem> {
     if let (Some(cert), Some(key)) = (&p.cert_file, &p.key_file)
         && let Err(e) = crate::proxy::tls::server_config(cert, key)
     {
-        problem("proxy", "cert_file", e);
+        problem("proxy", "cert_file", e.to_string());
     }
     for (option, path) in [
         ("ca_file", &p.ca_file),
@@ -25,7 +25,7 @@ pub fn deep_check(config: &Config) -> Vec<ConfigProblem> {
         if let Some(path) = path
             && let Err(e) = crate::tlsutil::load_certs(path)
         {
-            problem("proxy", option, e);
+            problem("proxy", option, e.to_string());
         }
     }
     if let Some(path) = &config.console.sources_file {

@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser};
 
 use crate::config::{Config, ConfigError, ConfigSources, Loaded};
+use crate::manage::{ConfigCommand, ManageCommand};
+use crate::service::Component;
 
 /// oslo-style configuration arguments, shared by both programs.
 #[derive(Args, Debug, Clone, Default)]
@@ -27,17 +29,6 @@ impl ConfigArgs {
             dirs: self.config_dir.clone(),
         }
     }
-}
-
-/// A component of the service.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Component {
-    /// The HTTP API.
-    Api,
-    /// The SPICE proxy.
-    Proxy,
-    /// The Nova notification consumer.
-    Notifications,
 }
 
 /// `kerbside`: the console proxy service.
@@ -70,80 +61,6 @@ pub struct ManageArgs {
     /// The command.
     #[command(subcommand)]
     pub command: ManageCommand,
-}
-
-/// `kerbside-manage` commands.
-#[derive(Subcommand, Debug)]
-pub enum ManageCommand {
-    /// Database schema.
-    #[command(subcommand)]
-    Db(DbCommand),
-    /// Configuration files.
-    #[command(subcommand)]
-    Config(ConfigCommand),
-    /// Console tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
-    /// Proxy sessions.
-    #[command(subcommand)]
-    Session(SessionCommand),
-}
-
-/// `kerbside-manage db ...`
-#[derive(Subcommand, Debug)]
-pub enum DbCommand {
-    /// Apply every pending migration.
-    Sync,
-    /// Print the schema version and any pending migrations.
-    Version,
-}
-
-/// `kerbside-manage config ...`
-#[derive(Subcommand, Debug)]
-pub enum ConfigCommand {
-    /// Print the annotated sample configuration.
-    Sample,
-    /// Validate the configuration; exit 1 listing every problem.
-    Check,
-}
-
-/// `kerbside-manage token ...`
-#[derive(Subcommand, Debug)]
-pub enum TokenCommand {
-    /// Mint a console token and print it once.
-    Create {
-        /// Source the console belongs to.
-        #[arg(long)]
-        source: String,
-        /// Console (instance) UUID.
-        #[arg(long)]
-        console: String,
-        /// Seconds the token is valid (default: `[console] token_ttl`).
-        #[arg(long)]
-        ttl: Option<u64>,
-        /// Also write a virt-viewer .vv file here.
-        #[arg(long)]
-        vv: Option<PathBuf>,
-    },
-}
-
-/// `kerbside-manage session ...`
-#[derive(Subcommand, Debug)]
-pub enum SessionCommand {
-    /// List sessions (live ones unless --all).
-    List {
-        /// Include ended sessions.
-        #[arg(long)]
-        all: bool,
-    },
-    /// End a live session on whichever node holds it.
-    Terminate {
-        /// The session id.
-        session_id: String,
-        /// Why (recorded in the audit trail).
-        #[arg(long, default_value = "terminated by operator")]
-        reason: String,
-    },
 }
 
 /// Loads the configuration and prints warnings; on failure prints every problem.

@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt as _;
+use futures_util::future::{BoxFuture, Shared};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use tokio::sync::Mutex;
 
 use crate::config::{Config, Interface};
 use crate::token::hash_token;
@@ -76,6 +77,25 @@ impl KeystoneError {
             Self::Unreachable { .. } => true,
             Self::Unexpected { what, .. } => what.starts_with("HTTP 5"),
             _ => false,
+        }
+    }
+
+    /// What failed, in words fit for any client: no URL, user name or internal error text
+    /// (those are in the `Display` text, which goes to the log).
+    #[must_use]
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Self::Unreachable { .. } => "Keystone is unreachable",
+            Self::BadCredentials { .. } => {
+                "Keystone rejected the credentials of the kerbside service user"
+            }
+            Self::ValidateForbidden { .. } => {
+                "the kerbside service user may not validate tokens in Keystone"
+            }
+            Self::Unexpected { .. } if self.is_unavailable() => {
+                "Keystone is unavailable (it answered a server error)"
+            }
+            Self::Unexpected { .. } => "Keystone answered unexpectedly",
         }
     }
 }
@@ -165,6 +185,59 @@ impl Credentials {
     }
 }
 
+/// How long to wait for an OpenStack service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To establish the connection (TCP and TLS).
+    pub connect: Duration,
+    /// For the whole request, connection included, until the body is read.
+    pub request: Duration,
+}
+
+impl Timeouts {
+    /// `[keystone_authtoken] http_connect_timeout` and `http_request_timeout`.
+    pub fn keystone(config: &Config) -> Self {
+        let k = &config.keystone_authtoken;
+        Timeouts {
+            connect: Duration::from_secs(k.http_connect_timeout.max(1)),
+            request: Duration::from_secs(k.http_request_timeout.max(1)),
+        }
+    }
+
+    /// `[nova] connect_timeout` and `timeout`.
+    pub fn nova(config: &Config) -> Self {
+        let n = &config.nova;
+        Timeouts {
+            connect: Duration::from_secs(n.connect_timeout.max(1)),
+            request: Duration::from_secs(n.timeout.max(1)),
+        }
+    }
+}
+
+/// Why an HTTP client for OpenStack services could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The CA file cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The CA file holds no usable certificate.
+    #[error("cannot parse {}: {source}", path.display())]
+    ParseCa {
+        /// The file.
+        path: std::path::PathBuf,
+        /// reqwest's reason.
+        source: reqwest::Error,
+    },
+    /// The client itself.
+    #[error("cannot build an HTTP client: {0}")]
+    Build(#[source] reqwest::Error),
+}
+
 /// An HTTP client for OpenStack services: timeouts and the CA from the configuration.
 ///
 /// # Errors
@@ -172,17 +245,22 @@ impl Credentials {
 pub fn http_client(
     cafile: Option<&Path>,
     insecure: bool,
-    timeout: Duration,
-) -> Result<reqwest::Client, String> {
+    timeouts: Timeouts,
+) -> Result<reqwest::Client, ClientError> {
     let mut builder = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .timeout(timeouts.request)
+        .connect_timeout(timeouts.connect.min(timeouts.request))
         .user_agent(concat!("kerbside/", env!("CARGO_PKG_VERSION")));
     if let Some(path) = cafile {
-        let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("cannot parse {}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|source| ClientError::ReadCa {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientError::ParseCa {
+                path: path.to_path_buf(),
+                source,
+            })?;
         for cert in certs {
             builder = builder.add_root_certificate(cert);
         }
@@ -190,9 +268,7 @@ pub fn http_client(
     if insecure {
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+    builder.build().map_err(ClientError::Build)
 }
 
 /// One endpoint of the service catalog.
@@ -335,24 +411,47 @@ pub struct ServiceToken {
     pub catalog: Arc<Catalog>,
 }
 
+/// An authentication in flight, shared by every caller that needs the token meanwhile.
+type Refresh = Shared<BoxFuture<'static, Result<ServiceToken, KeystoneError>>>;
+
+/// What the session holds between calls. Guarded by a plain mutex that is never held across
+/// an `.await`: a hung Keystone must not serialize requests that need nothing from it.
+#[derive(Default)]
+struct SessionState {
+    /// The current token, if any.
+    current: Option<ServiceToken>,
+    /// The authentication in flight, if any, and its generation.
+    refresh: Option<(u64, Refresh)>,
+    /// Generation of the next authentication (tells a finished one from a newer one).
+    generation: u64,
+}
+
 /// A service user's Keystone session: authenticates on first use, caches the token and
 /// catalog, renews before expiry, and re-authenticates when told the token was refused.
+///
+/// Callers never wait on one another except for one shared authentication: while it is in
+/// flight every caller needing a token awaits the same attempt, which ends within the
+/// request timeout, so a hung Keystone fails them all together rather than one by one.
 pub struct ServiceSession {
     /// Who we authenticate as.
-    creds: Credentials,
+    creds: Arc<Credentials>,
     /// The HTTP client.
     http: reqwest::Client,
-    /// The current token, if any.
-    current: Mutex<Option<ServiceToken>>,
+    /// Upper bound of one authentication, on top of the client's own timeouts.
+    auth_timeout: Duration,
+    /// The cached token and the authentication in flight.
+    state: Arc<std::sync::Mutex<SessionState>>,
 }
 
 impl ServiceSession {
-    /// A session that authenticates lazily.
-    pub fn new(creds: Credentials, http: reqwest::Client) -> Self {
+    /// A session that authenticates lazily; one authentication takes at most `timeouts`'
+    /// connect plus request time.
+    pub fn new(creds: Credentials, http: reqwest::Client, timeouts: Timeouts) -> Self {
         ServiceSession {
-            creds,
+            creds: Arc::new(creds),
             http,
-            current: Mutex::new(None),
+            auth_timeout: timeouts.connect + timeouts.request,
+            state: Arc::new(std::sync::Mutex::new(SessionState::default())),
         }
     }
 
@@ -366,94 +465,168 @@ impl ServiceSession {
         &self.http
     }
 
-    /// A valid service token, authenticating when there is none or it is about to expire.
+    /// A valid service token, authenticating when there is none or it is about to expire
+    /// (a token that is about to expire is still returned while it is renewed in the
+    /// background). Concurrent callers share one authentication.
     ///
     /// # Errors
-    /// Keystone unreachable or refusing the credentials.
+    /// Keystone unreachable (also when it does not answer within the timeout) or refusing
+    /// the credentials. Every caller sharing the attempt gets the same error.
     ///
     /// # Cancel safety
-    /// Cancel safe: a cancelled authentication leaves no token cached.
+    /// Cancel safe: the shared authentication goes on for the other callers, and one that
+    /// nobody awaits any more caches nothing.
     pub async fn token(&self) -> Result<ServiceToken, KeystoneError> {
-        let mut current = self.current.lock().await;
-        if let Some(t) = current.as_ref()
-            && t.expires_at - RENEW_BEFORE > Utc::now()
-        {
-            return Ok(t.clone());
+        let refresh = {
+            let mut state = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = Utc::now();
+            let current = state.current.clone();
+            if let Some(t) = &current
+                && t.expires_at - RENEW_BEFORE > now
+            {
+                return Ok(t.clone());
+            }
+            let (refresh, started) = match &state.refresh {
+                Some((_, refresh)) => (refresh.clone(), false),
+                None => {
+                    let generation = state.generation;
+                    state.generation = state.generation.wrapping_add(1);
+                    let refresh = self.start_refresh(generation);
+                    state.refresh = Some((generation, refresh.clone()));
+                    (refresh, true)
+                }
+            };
+            // About to expire but still valid: renew in the background and use it meanwhile,
+            // so a slow Keystone delays nobody until the token really expires.
+            if let Some(t) = current
+                && t.expires_at > now
+            {
+                if started {
+                    tokio::spawn(refresh);
+                }
+                return Ok(t);
+            }
+            refresh
+        };
+        refresh.await
+    }
+
+    /// A shared authentication of generation `generation` that stores its outcome when it
+    /// ends (the token on success; in every case it stops being the one in flight).
+    fn start_refresh(&self, generation: u64) -> Refresh {
+        let (creds, http, state, limit) = (
+            self.creds.clone(),
+            self.http.clone(),
+            self.state.clone(),
+            self.auth_timeout,
+        );
+        async move {
+            let url = creds.tokens_url();
+            let result = match tokio::time::timeout(limit, authenticate(&creds, &http)).await {
+                Ok(result) => result,
+                Err(_) => Err(KeystoneError::Unreachable {
+                    url,
+                    cause: format!("no answer within {} s", limit.as_secs()),
+                }),
+            };
+            let mut state = state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if state
+                .refresh
+                .as_ref()
+                .is_some_and(|(g, _)| *g == generation)
+            {
+                state.refresh = None;
+                if let Ok(token) = &result {
+                    state.current = Some(token.clone());
+                }
+            }
+            result
         }
-        let fresh = self.authenticate().await?;
-        *current = Some(fresh.clone());
-        Ok(fresh)
+        .boxed()
+        .shared()
     }
 
     /// Forgets the cached token if it is still `token` (it was refused): the next call
     /// authenticates again.
-    pub async fn invalidate(&self, token: &SecretString) {
-        let mut current = self.current.lock().await;
-        if current
+    pub fn invalidate(&self, token: &SecretString) {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if state
+            .current
             .as_ref()
             .is_some_and(|t| t.token.expose_secret() == token.expose_secret())
         {
-            *current = None;
+            state.current = None;
         }
     }
+}
 
-    async fn authenticate(&self) -> Result<ServiceToken, KeystoneError> {
-        let url = self.creds.tokens_url();
-        let body = serde_json::json!({"auth": {
-            "identity": {"methods": ["password"], "password": {"user": {
-                "name": self.creds.username,
-                "domain": {"name": self.creds.user_domain_name},
-                "password": self.creds.password.expose_secret(),
-            }}},
-            "scope": {"project": {
-                "name": self.creds.project_name,
-                "domain": {"name": self.creds.project_domain_name},
-            }},
-        }});
-        let resp = self
-            .http
-            .post(&url)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| unreachable(&url, &e))?;
-        let status = resp.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-            return Err(KeystoneError::BadCredentials {
-                user: self.creds.username.clone(),
-                status: status.as_u16(),
-            });
-        }
-        if !status.is_success() {
-            return Err(KeystoneError::Unexpected {
-                url,
-                what: format!("HTTP {}", status.as_u16()),
-            });
-        }
-        let token = resp
-            .headers()
-            .get("x-subject-token")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| SecretString::from(s.to_owned()))
-            .ok_or_else(|| KeystoneError::Unexpected {
-                url: url.clone(),
-                what: "no X-Subject-Token header".to_owned(),
-            })?;
-        let body: TokenBody = resp.json().await.map_err(|e| KeystoneError::Unexpected {
-            url: url.clone(),
-            what: format!("invalid token body: {e}"),
-        })?;
-        tracing::info!(
-            user = %self.creds.username,
-            expires_at = %body.token.expires_at,
-            "authenticated with Keystone"
-        );
-        Ok(ServiceToken {
-            token,
-            expires_at: body.token.expires_at,
-            catalog: Arc::new(body.token.catalog),
-        })
+/// Password authentication of `creds` (`POST /v3/auth/tokens`).
+async fn authenticate(
+    creds: &Credentials,
+    http: &reqwest::Client,
+) -> Result<ServiceToken, KeystoneError> {
+    let url = creds.tokens_url();
+    let body = serde_json::json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": creds.username,
+            "domain": {"name": creds.user_domain_name},
+            "password": creds.password.expose_secret(),
+        }}},
+        "scope": {"project": {
+            "name": creds.project_name,
+            "domain": {"name": creds.project_domain_name},
+        }},
+    }});
+    let resp = http
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| unreachable(&url, &e))?;
+    let status = resp.status();
+    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+        return Err(KeystoneError::BadCredentials {
+            user: creds.username.clone(),
+            status: status.as_u16(),
+        });
     }
+    if !status.is_success() {
+        return Err(KeystoneError::Unexpected {
+            url,
+            what: format!("HTTP {}", status.as_u16()),
+        });
+    }
+    let token = resp
+        .headers()
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| SecretString::from(s.to_owned()))
+        .ok_or_else(|| KeystoneError::Unexpected {
+            url: url.clone(),
+            what: "no X-Subject-Token header".to_owned(),
+        })?;
+    let body: TokenBody = resp.json().await.map_err(|e| KeystoneError::Unexpected {
+        url: url.clone(),
+        what: format!("invalid token body: {e}"),
+    })?;
+    tracing::info!(
+        user = %creds.username,
+        expires_at = %body.token.expires_at,
+        "authenticated with Keystone"
+    );
+    Ok(ServiceToken {
+        token,
+        expires_at: body.token.expires_at,
+        catalog: Arc::new(body.token.catalog),
+    })
 }
 
 fn unreachable(url: &str, e: &reqwest::Error) -> KeystoneError {
@@ -548,7 +721,7 @@ impl TokenValidator {
                     // Our own token was refused (Keystone restarted with new keys, revoked):
                     // authenticate again once.
                     tracing::warn!("Keystone refused the service token; re-authenticating");
-                    self.session.invalidate(&service.token).await;
+                    self.session.invalidate(&service.token);
                     retried = true;
                 }
                 403 => {
@@ -573,6 +746,14 @@ impl TokenValidator {
         Ok(info)
     }
 
+    /// Drops what the cache holds about `token` (it was revoked here: the next validation
+    /// asks Keystone).
+    pub fn forget(&self, token: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(&hash_token(token));
+        }
+    }
+
     fn cached(&self, key: &str) -> Option<Arc<TokenInfo>> {
         let cache = self.cache.lock().ok()?;
         let (at, info) = cache.get(key)?;
@@ -592,6 +773,228 @@ impl TokenValidator {
                 }
             }
             cache.insert(key, (Instant::now(), info));
+        }
+    }
+}
+
+/// Why a user's sign-in did not give a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoginError {
+    /// Keystone refused the credentials (wrong name, password, domain or secret; disabled
+    /// user; no role on the project).
+    #[error("Keystone refused the credentials (HTTP {status})")]
+    Refused {
+        /// Keystone's status (401, 403 or 404).
+        status: u16,
+    },
+    /// Keystone could not answer.
+    #[error(transparent)]
+    Keystone(#[from] KeystoneError),
+}
+
+/// A project a user may scope a token to.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ProjectRef {
+    /// Project id.
+    pub id: String,
+    /// Project name.
+    pub name: String,
+    /// Its domain's id.
+    #[serde(default)]
+    pub domain_id: Option<String>,
+    /// Whether it is enabled.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+struct ProjectList {
+    projects: Vec<ProjectRef>,
+}
+
+/// How a user signs in to the web console.
+pub enum UserCredentials<'a> {
+    /// A user name and password in a domain (by name); the token is unscoped.
+    Password {
+        /// User name.
+        user: &'a str,
+        /// The user's domain name (e.g. `Default`).
+        domain: &'a str,
+        /// Password.
+        password: &'a SecretString,
+    },
+    /// An application credential (its id and secret); the token is scoped to the
+    /// credential's project.
+    ApplicationCredential {
+        /// The credential's id.
+        id: &'a str,
+        /// Its secret.
+        secret: &'a SecretString,
+    },
+    /// An unscoped token exchanged for one scoped to a project.
+    Rescope {
+        /// The unscoped token.
+        token: &'a SecretString,
+        /// The project's id.
+        project_id: &'a str,
+    },
+}
+
+/// Signs users in with Keystone on their own behalf (the web console): tokens for user
+/// credentials, their projects, revocation. Uses kerbside's Keystone URL and HTTP client,
+/// never its service token.
+#[derive(Clone)]
+pub struct UserAuth {
+    /// `<auth_url>/v3`.
+    v3: String,
+    /// The HTTP client.
+    http: reqwest::Client,
+}
+
+impl UserAuth {
+    /// Talks to the Keystone at `auth_url` (with or without `/v3`) with `http`.
+    pub fn new(auth_url: &url::Url, http: reqwest::Client) -> Self {
+        let base = auth_url.as_str().trim_end_matches('/');
+        let v3 = if base.ends_with("/v3") {
+            base.to_owned()
+        } else {
+            format!("{base}/v3")
+        };
+        UserAuth { v3, http }
+    }
+
+    /// A token for `creds` (`POST /v3/auth/tokens`) and what it says.
+    ///
+    /// # Errors
+    /// [`LoginError::Refused`] for credentials Keystone does not accept; Keystone failures.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn token(
+        &self,
+        creds: &UserCredentials<'_>,
+    ) -> Result<(SecretString, TokenInfo), LoginError> {
+        let url = format!("{}/auth/tokens", self.v3);
+        let body = match creds {
+            UserCredentials::Password {
+                user,
+                domain,
+                password,
+            } => serde_json::json!({"auth": {
+                "identity": {"methods": ["password"], "password": {"user": {
+                    "name": user, "domain": {"name": domain},
+                    "password": password.expose_secret()}}},
+                "scope": "unscoped"}}),
+            UserCredentials::ApplicationCredential { id, secret } => serde_json::json!({"auth": {
+                "identity": {"methods": ["application_credential"],
+                    "application_credential": {"id": id, "secret": secret.expose_secret()}}}}),
+            UserCredentials::Rescope { token, project_id } => serde_json::json!({"auth": {
+                "identity": {"methods": ["token"], "token": {"id": token.expose_secret()}},
+                "scope": {"project": {"id": project_id}}}}),
+        };
+        let resp = self
+            .http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
+        let status = resp.status().as_u16();
+        match status {
+            201 | 200 => {}
+            // 400: a malformed request (e.g. an empty name); the user reads it as refused.
+            400 | 401 | 403 | 404 => return Err(LoginError::Refused { status }),
+            other => {
+                return Err(KeystoneError::Unexpected {
+                    url,
+                    what: format!("HTTP {other}"),
+                }
+                .into());
+            }
+        }
+        let token = resp
+            .headers()
+            .get("x-subject-token")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| SecretString::from(s.to_owned()))
+            .ok_or_else(|| KeystoneError::Unexpected {
+                url: url.clone(),
+                what: "no X-Subject-Token header".to_owned(),
+            })?;
+        let body: TokenBody = resp.json().await.map_err(|e| KeystoneError::Unexpected {
+            url: url.clone(),
+            what: format!("invalid token body: {e}"),
+        })?;
+        Ok((token, TokenInfo::from(body.token)))
+    }
+
+    /// The projects the holder of `token` may scope to (`GET /v3/auth/projects`), enabled
+    /// ones only, by name.
+    ///
+    /// # Errors
+    /// [`LoginError::Refused`] when Keystone no longer accepts the token; Keystone failures.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn projects(&self, token: &SecretString) -> Result<Vec<ProjectRef>, LoginError> {
+        let url = format!("{}/auth/projects", self.v3);
+        let resp = self
+            .http
+            .get(&url)
+            .header("X-Auth-Token", token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
+        let status = resp.status().as_u16();
+        match status {
+            200 => {}
+            401 | 403 | 404 => return Err(LoginError::Refused { status }),
+            other => {
+                return Err(KeystoneError::Unexpected {
+                    url,
+                    what: format!("HTTP {other}"),
+                }
+                .into());
+            }
+        }
+        let list: ProjectList = resp.json().await.map_err(|e| KeystoneError::Unexpected {
+            url: url.clone(),
+            what: format!("invalid project list: {e}"),
+        })?;
+        let mut projects: Vec<ProjectRef> =
+            list.projects.into_iter().filter(|p| p.enabled).collect();
+        projects.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+        Ok(projects)
+    }
+
+    /// Revokes `token` with itself (`DELETE /v3/auth/tokens`; Keystone lets a token's holder
+    /// revoke it). A token Keystone no longer knows counts as revoked.
+    ///
+    /// # Errors
+    /// Keystone failures.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn revoke(&self, token: &SecretString) -> Result<(), KeystoneError> {
+        let url = format!("{}/auth/tokens", self.v3);
+        let resp = self
+            .http
+            .delete(&url)
+            .header("X-Auth-Token", token.expose_secret())
+            .header("X-Subject-Token", token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| unreachable(&url, &e))?;
+        match resp.status().as_u16() {
+            200..=299 | 401 | 404 => Ok(()),
+            other => Err(KeystoneError::Unexpected {
+                url,
+                what: format!("HTTP {other}"),
+            }),
         }
     }
 }

@@ -21,6 +21,31 @@ pub struct Metrics {
     pub proxy: ProxyMetrics,
     /// The Nova notification consumer's metrics.
     pub notifications: NotificationMetrics,
+    /// The proxy's write-behind queue of database records.
+    pub db_writes: DbWriteMetrics,
+    /// The HTTP API's metrics.
+    pub api: ApiMetrics,
+}
+
+/// Metrics of the proxy's write-behind queue (records kept while the database is down).
+pub struct DbWriteMetrics {
+    /// Records waiting to be written.
+    pub queue_length: IntGauge,
+    /// Records dropped because the queue was full, could not be written, or the process
+    /// stopped before the database came back.
+    pub dropped: IntCounter,
+}
+
+/// Metrics of the HTTP API.
+pub struct ApiMetrics {
+    /// Console-token lookups sent to Nova, by result (`found`, `not_found`,
+    /// `not_spice_direct`, `error`).
+    pub nova_lookups: IntCounterVec,
+    /// Console-token lookups answered without asking Nova (cached, or shared with a
+    /// concurrent lookup).
+    pub nova_lookup_cache_hits: IntCounter,
+    /// Requests refused with 429, by endpoint.
+    pub rate_limited: IntCounterVec,
 }
 
 /// Metrics of the Nova notification consumer.
@@ -40,9 +65,9 @@ pub struct NotificationMetrics {
 
 /// Metrics of the SPICE proxy.
 pub struct ProxyMetrics {
-    /// Accepted connections by listener (tls, insecure).
+    /// Accepted connections by listener (tls, insecure, websocket).
     pub connections: IntCounterVec,
-    /// Link stages that failed, by reason.
+    /// Link stages that failed or were refused (limits included), by reason.
     pub link_failures: IntCounterVec,
     /// Authorization results by result and reason.
     pub auth: IntCounterVec,
@@ -56,6 +81,20 @@ pub struct ProxyMetrics {
     pub handshake_seconds: Histogram,
     /// Sessions ended by a termination request.
     pub terminations: IntCounter,
+    /// SPICE firewall rule hits by channel type, direction, rule and action.
+    pub firewall_verdicts: IntCounterVec,
+    /// Sessions started, by the transport their client used (tls, websocket).
+    pub transport_sessions: IntCounterVec,
+    /// Live channels on this node, by transport (tls, websocket).
+    pub transport_channels_active: IntGaugeVec,
+}
+
+/// The metrics of one transport, label values resolved.
+pub struct TransportMetrics {
+    /// Sessions started over it.
+    pub sessions: IntCounter,
+    /// Its live channels.
+    pub channels_active: IntGauge,
 }
 
 fn counter_vec(
@@ -102,6 +141,14 @@ impl Metrics {
             "Sessions ended by a termination request",
         )?;
         registry.register(Box::new(terminations.clone()))?;
+        let transport_channels_active = IntGaugeVec::new(
+            Opts::new(
+                "proxy_transport_channels_active",
+                "Live SPICE channels on this node by client transport (tls, websocket)",
+            ),
+            &["transport"],
+        )?;
+        registry.register(Box::new(transport_channels_active.clone()))?;
         let proxy = ProxyMetrics {
             connections: counter_vec(
                 &registry,
@@ -112,7 +159,7 @@ impl Metrics {
             link_failures: counter_vec(
                 &registry,
                 "proxy_link_failures_total",
-                "Failed link stages by reason",
+                "Failed or refused link stages by reason",
                 &["reason"],
             )?,
             auth: counter_vec(
@@ -131,6 +178,19 @@ impl Metrics {
             )?,
             handshake_seconds,
             terminations,
+            firewall_verdicts: counter_vec(
+                &registry,
+                "firewall_verdicts_total",
+                "SPICE firewall rule hits by channel type, direction, rule and action (drop, close, warn_drop, warn_close)",
+                &["channel", "direction", "rule", "action"],
+            )?,
+            transport_sessions: counter_vec(
+                &registry,
+                "proxy_transport_sessions_total",
+                "Sessions started by client transport (tls, websocket)",
+                &["transport"],
+            )?,
+            transport_channels_active,
         };
         let connected = IntGauge::new(
             "notifications_connected",
@@ -165,10 +225,45 @@ impl Metrics {
             )?,
             connected,
         };
+        let queue_length = IntGauge::new(
+            "db_write_queue_length",
+            "Records (channel and session ends, audit events) waiting to be written to the database",
+        )?;
+        registry.register(Box::new(queue_length.clone()))?;
+        let dropped = IntCounter::new(
+            "db_write_queue_dropped_total",
+            "Records dropped by the write-behind queue (full, unwritable, or stopped during an outage)",
+        )?;
+        registry.register(Box::new(dropped.clone()))?;
+        let nova_lookup_cache_hits = IntCounter::new(
+            "api_nova_lookup_cache_hits_total",
+            "Console-token lookups answered without asking Nova",
+        )?;
+        registry.register(Box::new(nova_lookup_cache_hits.clone()))?;
+        let api = ApiMetrics {
+            nova_lookups: counter_vec(
+                &registry,
+                "nova_lookups_total",
+                "Console-token lookups sent to Nova by result",
+                &["result"],
+            )?,
+            nova_lookup_cache_hits,
+            rate_limited: counter_vec(
+                &registry,
+                "api_rate_limited_total",
+                "API requests refused with 429 by endpoint",
+                &["endpoint"],
+            )?,
+        };
         Ok(Arc::new(Metrics {
             registry,
             proxy,
             notifications,
+            db_writes: DbWriteMetrics {
+                queue_length,
+                dropped,
+            },
+            api,
         }))
     }
 
@@ -210,6 +305,16 @@ impl ProxyMetrics {
         self.channels_active
             .with_label_values(&[channel.name()])
             .inc();
+    }
+
+    /// The metrics of `transport` (`tls` or `websocket`).
+    pub fn transport(&self, transport: &str) -> TransportMetrics {
+        TransportMetrics {
+            sessions: self.transport_sessions.with_label_values(&[transport]),
+            channels_active: self
+                .transport_channels_active
+                .with_label_values(&[transport]),
+        }
     }
 
     /// A channel ended.

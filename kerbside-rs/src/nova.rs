@@ -6,13 +6,19 @@
 //! `tls_port`. Owns the mapping of Nova's answers to [`NovaError`]; it does not decide HTTP
 //! statuses of kerbside's own API, and never logs a token.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::config::{Config, Interface};
-use crate::keystone::{Catalog, KeystoneError, ServiceSession, error_chain};
+use crate::keystone::{Catalog, KeystoneError, ServiceSession, Timeouts, error_chain};
+use crate::token::hash_token;
+
+/// Most console-token answers kept in the lookup cache.
+const MAX_CACHED_LOOKUPS: usize = 10_000;
 
 /// The microversion that added spice-direct consoles and `tls_port`.
 pub const MICROVERSION: &str = "compute 2.99";
@@ -89,6 +95,39 @@ impl NovaError {
             _ => false,
         }
     }
+
+    /// What failed, in words fit for any client: no URL and no upstream error text (the
+    /// `Display` text, which has them, goes to the log).
+    #[must_use]
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Unreachable { .. } => "Nova is unreachable".to_owned(),
+            Self::ServerError { status, .. } => {
+                format!("Nova answered a server error (HTTP {status})")
+            }
+            Self::Refused { status, .. } => format!("Nova refused the request (HTTP {status})"),
+            Self::NoEndpoint { .. } => "the Keystone catalog has no compute endpoint for the \
+                                        configured [nova] interface and region"
+                .to_owned(),
+            Self::Unexpected(_) => "Nova answered unexpectedly".to_owned(),
+            Self::Keystone(k) => k.public_message().to_owned(),
+            Self::TokenNotFound
+            | Self::NotSpiceDirect
+            | Self::ServiceForbidden
+            | Self::ServiceUnauthorized
+            | Self::TooOld => self.to_string(),
+        }
+    }
+
+    /// The `result` label of a lookup: `found` is for success, the rest name the error.
+    #[must_use]
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            Self::TokenNotFound => "not_found",
+            Self::NotSpiceDirect => "not_spice_direct",
+            _ => "error",
+        }
+    }
 }
 
 /// Where a spice-direct console is, as Nova reports it.
@@ -102,21 +141,41 @@ pub struct ConsoleConnectInfo {
     pub port: Option<u16>,
     /// TLS SPICE port, when the hypervisor has TLS.
     pub tls_port: Option<u16>,
+    /// The SPICE firewall profile named by the instance's flavor
+    /// (extra spec `kerbside:firewall_profile`), read by kerbside's service user.
+    pub firewall_profile: Option<String>,
+    /// Whether it is a spice-direct token (Nova answers `tls_port` only for those). Other
+    /// tokens are spice-html5 ones (for the browser client at `/spice_auto.html`), or tokens
+    /// of other console types, which Nova's answer cannot tell apart.
+    pub spice_direct: bool,
+}
+
+/// The flavor extra spec naming a console's SPICE firewall profile.
+pub const FIREWALL_PROFILE_SPEC: &str = "kerbside:firewall_profile";
+
+/// The firewall profile a `GET /servers/{id}` body (microversion 2.47 or later, which embeds
+/// the flavor with its extra specs) names, if any.
+pub fn flavor_firewall_profile(body: &serde_json::Value) -> Option<String> {
+    body.get("server")?
+        .get("flavor")?
+        .get("extra_specs")?
+        .get(FIREWALL_PROFILE_SPEC)?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Parses `GET /os-console-auth-tokens/{token}` at 2.99. Only spice-direct tokens carry the
-/// `tls_port` key (possibly null), so its absence means another console type.
+/// `tls_port` key (possibly null), so its absence means another console type
+/// ([`ConsoleConnectInfo::spice_direct`] is then false).
 ///
 /// # Errors
-/// Another console type, or a body without the expected fields.
+/// A body without the expected fields.
 pub fn parse_connect_info(body: &serde_json::Value) -> Result<ConsoleConnectInfo, NovaError> {
     let console = body
         .get("console")
         .and_then(serde_json::Value::as_object)
         .ok_or_else(|| NovaError::Unexpected("no console object".to_owned()))?;
-    if !console.contains_key("tls_port") {
-        return Err(NovaError::NotSpiceDirect);
-    }
+    let spice_direct = console.contains_key("tls_port");
     let port = |key: &str| -> Result<Option<u16>, NovaError> {
         match console.get(key) {
             None | Some(serde_json::Value::Null) => Ok(None),
@@ -137,6 +196,8 @@ pub fn parse_connect_info(body: &serde_json::Value) -> Result<ConsoleConnectInfo
             .to_owned(),
         port: port("port")?,
         tls_port: port("tls_port")?,
+        firewall_profile: None,
+        spice_direct,
     };
     if info.port.is_none() && info.tls_port.is_none() {
         return Err(NovaError::Unexpected(
@@ -192,12 +253,74 @@ impl NovaEndpoint {
     }
 }
 
+/// Whether an answer of [`NovaClient::lookup_console_token`] came from Nova.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LookupSource {
+    /// This call asked Nova.
+    Nova,
+    /// A cached answer, or one shared with a concurrent call that asked Nova.
+    Cache,
+}
+
+/// One cached answer: filled by the first caller, awaited by concurrent ones.
+type CachedLookup = tokio::sync::OnceCell<(Instant, Result<ConsoleConnectInfo, NovaError>)>;
+
+/// Nova's answers about console tokens, by token hash: found ones (of any console type) for
+/// `[nova] cache_time`, unknown ones for `negative_cache_time`, failures not at all (but a
+/// failure is shared by the calls that waited for it). Concurrent lookups of one token
+/// send one request.
+struct LookupCache {
+    /// How long a found token is trusted.
+    positive: Duration,
+    /// How long "not found" and "not spice-direct" are remembered.
+    negative: Duration,
+    /// sha-256 of the token → its answer, or the lookup in flight.
+    entries: std::sync::Mutex<HashMap<String, Arc<CachedLookup>>>,
+}
+
+impl LookupCache {
+    /// How long to keep `result`.
+    fn ttl(&self, result: &Result<ConsoleConnectInfo, NovaError>) -> Duration {
+        match result {
+            Ok(_) => self.positive,
+            Err(NovaError::TokenNotFound | NovaError::NotSpiceDirect) => self.negative,
+            Err(_) => Duration::ZERO,
+        }
+    }
+
+    /// The entry of `key`: a live one, or a fresh empty one put in its place.
+    fn entry(&self, key: String) -> Arc<CachedLookup> {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let live = |e: &CachedLookup| e.get().is_none_or(|(until, _)| *until > now);
+        if let Some(e) = entries.get(&key)
+            && live(e)
+        {
+            return e.clone();
+        }
+        if entries.len() >= MAX_CACHED_LOOKUPS {
+            entries.retain(|_, e| live(e));
+            if entries.len() >= MAX_CACHED_LOOKUPS {
+                entries.clear();
+            }
+        }
+        let fresh = Arc::new(CachedLookup::new());
+        entries.insert(key, fresh.clone());
+        fresh
+    }
+}
+
 /// Nova, reached with the kerbside service user.
 pub struct NovaClient {
     /// The service user's session.
     session: Arc<ServiceSession>,
     /// Where Nova is.
     endpoint: NovaEndpoint,
+    /// Nova's recent answers about console tokens.
+    cache: LookupCache,
 }
 
 impl NovaClient {
@@ -206,25 +329,56 @@ impl NovaClient {
     ///
     /// # Errors
     /// An unusable CA file.
-    pub fn from_config(config: &Config) -> Result<Option<Self>, String> {
+    pub fn from_config(config: &Config) -> Result<Option<Self>, crate::keystone::ClientError> {
         let Some(creds) = crate::keystone::Credentials::nova(config) else {
             return Ok(None);
         };
         let n = &config.nova;
         let k = &config.keystone_authtoken;
+        let timeouts = Timeouts::nova(config);
         let http = crate::keystone::http_client(
             n.cafile.as_deref().or(k.cafile.as_deref()),
             n.insecure.unwrap_or(k.insecure),
-            std::time::Duration::from_secs(n.timeout.max(1)),
+            timeouts,
         )?;
         Ok(Some(NovaClient {
-            session: Arc::new(ServiceSession::new(creds, http)),
+            session: Arc::new(ServiceSession::new(creds, http, timeouts)),
             endpoint: NovaEndpoint {
                 endpoint_override: n.endpoint_override.as_ref().map(ToString::to_string),
                 interface: n.interface,
                 region_name: n.region_name.clone().or_else(|| k.region_name.clone()),
             },
+            cache: LookupCache {
+                positive: Duration::from_secs(n.cache_time),
+                negative: Duration::from_secs(n.negative_cache_time),
+                entries: std::sync::Mutex::new(HashMap::new()),
+            },
         }))
+    }
+
+    /// What Nova says about a console token, from the cache when it answered recently
+    /// (see `[nova] cache_time` and `negative_cache_time`); concurrent lookups of one token
+    /// share one request. Also says whether this call asked Nova.
+    ///
+    /// # Errors
+    /// See [`NovaClient::console_connect_info`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a cancelled lookup is taken over by a caller still waiting for it.
+    pub async fn lookup_console_token(
+        &self,
+        token: &str,
+    ) -> (Result<ConsoleConnectInfo, NovaError>, LookupSource) {
+        let entry = self.cache.entry(hash_token(token));
+        let mut source = LookupSource::Cache;
+        let (_, result) = entry
+            .get_or_init(|| async {
+                source = LookupSource::Nova;
+                let result = self.console_connect_info(token).await;
+                (Instant::now() + self.cache.ttl(&result), result)
+            })
+            .await;
+        (result.clone(), source)
     }
 
     /// Where Nova is.
@@ -250,35 +404,27 @@ impl NovaClient {
         loop {
             let service = self.session.token().await?;
             let base = self.endpoint.resolve(&service.catalog)?;
-            let shown = format!("{base}/os-console-auth-tokens/<token>");
-            let resp = self
-                .session
-                .http()
-                .get(format!("{base}/os-console-auth-tokens/{token}"))
-                .header("X-Auth-Token", service.token.expose_secret())
-                .header("OpenStack-API-Version", MICROVERSION)
-                .header("Accept", "application/json")
-                .send()
-                .await
-                .map_err(|e| NovaError::Unreachable {
-                    url: shown.clone(),
-                    cause: error_chain(&e),
-                })?;
-            let status = resp.status().as_u16();
-            let body = resp.text().await.map_err(|e| NovaError::Unreachable {
-                url: shown.clone(),
-                cause: error_chain(&e),
-            })?;
+            let (status, body) = self
+                .get_as_service(
+                    &service,
+                    &format!("{base}/os-console-auth-tokens/{token}"),
+                    &format!("{base}/os-console-auth-tokens/<token>"),
+                )
+                .await?;
             match status {
                 200 => {
                     let value: serde_json::Value = serde_json::from_str(&body)
                         .map_err(|e| NovaError::Unexpected(format!("invalid JSON: {e}")))?;
-                    return parse_connect_info(&value);
+                    let mut info = parse_connect_info(&value)?;
+                    info.firewall_profile = self
+                        .server_firewall_profile(&base, &service, &info.instance_uuid)
+                        .await?;
+                    return Ok(info);
                 }
                 404 => return Err(NovaError::TokenNotFound),
                 401 if !retried => {
                     tracing::warn!("Nova refused the service token; re-authenticating");
-                    self.session.invalidate(&service.token).await;
+                    self.session.invalidate(&service.token);
                     retried = true;
                 }
                 401 => return Err(NovaError::ServiceUnauthorized),
@@ -297,6 +443,86 @@ impl NovaClient {
                     )));
                 }
             }
+        }
+    }
+
+    /// `GET url` at microversion 2.99 as kerbside's service user: (status, body). `shown` is
+    /// the URL as errors and logs may name it (without a console token).
+    ///
+    /// # Errors
+    /// `Unreachable` when no answer arrives.
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    async fn get_as_service(
+        &self,
+        service: &crate::keystone::ServiceToken,
+        url: &str,
+        shown: &str,
+    ) -> Result<(u16, String), NovaError> {
+        // reqwest's errors name the URL, and a token lookup's URL holds the console token:
+        // never let it into the cause (which is logged).
+        let unreachable = |e: reqwest::Error| NovaError::Unreachable {
+            url: shown.to_owned(),
+            cause: error_chain(&e.without_url()),
+        };
+        let resp = self
+            .session
+            .http()
+            .get(url)
+            .header("X-Auth-Token", service.token.expose_secret())
+            .header("OpenStack-API-Version", MICROVERSION)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.map_err(unreachable)?;
+        Ok((status, body))
+    }
+
+    /// The firewall profile the server's flavor names (`GET /servers/{id}` at 2.99, which
+    /// embeds the flavor and its extra specs), as kerbside's service user. A server Nova does
+    /// not show gets the most restrictive profile; any other failure fails the lookup: a
+    /// console is never given without knowing its policy.
+    ///
+    /// # Errors
+    /// See [`NovaError`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    async fn server_firewall_profile(
+        &self,
+        base: &str,
+        service: &crate::keystone::ServiceToken,
+        server_id: &str,
+    ) -> Result<Option<String>, NovaError> {
+        let url = format!("{base}/servers/{server_id}");
+        let (status, body) = self.get_as_service(service, &url, &url).await?;
+        match status {
+            200 => {
+                let value: serde_json::Value = serde_json::from_str(&body)
+                    .map_err(|e| NovaError::Unexpected(format!("invalid JSON: {e}")))?;
+                Ok(flavor_firewall_profile(&value))
+            }
+            // A token for a server Nova no longer shows: its flavor's policy is unknown, so
+            // the console fails closed.
+            404 => {
+                tracing::warn!(instance.uuid = %server_id, "Nova does not show the console's server: using the most restrictive firewall profile");
+                Ok(Some(
+                    crate::spice::firewall::MOST_RESTRICTIVE_PROFILE.to_owned(),
+                ))
+            }
+            401 => Err(NovaError::ServiceUnauthorized),
+            403 => Err(NovaError::ServiceForbidden),
+            s if s >= 500 => Err(NovaError::ServerError {
+                status: s,
+                message: fault_message(&body),
+            }),
+            s => Err(NovaError::Unexpected(format!(
+                "server {server_id}: HTTP {s}: {}",
+                fault_message(&body)
+            ))),
         }
     }
 
@@ -338,6 +564,78 @@ impl NovaClient {
         })?;
         match status {
             200 => remote_console_token(&body).map(|t| t.to_owned()),
+            406 => Err(NovaError::TooOld),
+            s if s >= 500 => Err(NovaError::ServerError {
+                status: s,
+                message: fault_message(&body),
+            }),
+            s => Err(NovaError::Refused {
+                status: s,
+                message: fault_message(&body),
+            }),
+        }
+    }
+}
+
+/// A server as `GET /servers/detail` lists it for its owner.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct ServerSummary {
+    /// Server (instance) uuid.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Nova's status (`ACTIVE`, `SHUTOFF`, `BUILD`, ...).
+    pub status: String,
+    /// The task in progress, if any.
+    #[serde(rename = "OS-EXT-STS:task_state", default)]
+    pub task_state: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ServerList {
+    servers: Vec<ServerSummary>,
+}
+
+impl NovaClient {
+    /// The servers of the project of `user_token`, as that user sees them
+    /// (`GET /servers/detail` at 2.99 with the user's token), by name.
+    ///
+    /// # Errors
+    /// See [`NovaError`]; Nova's 4xx answers are [`NovaError::Refused`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe.
+    pub async fn list_servers(
+        &self,
+        user_token: &str,
+        catalog: &Catalog,
+    ) -> Result<Vec<ServerSummary>, NovaError> {
+        let base = self.endpoint.resolve(catalog)?;
+        let url = format!("{base}/servers/detail");
+        let unreachable = |e: reqwest::Error| NovaError::Unreachable {
+            url: url.clone(),
+            cause: error_chain(&e),
+        };
+        let resp = self
+            .session
+            .http()
+            .get(&url)
+            .header("X-Auth-Token", user_token)
+            .header("OpenStack-API-Version", MICROVERSION)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.map_err(unreachable)?;
+        match status {
+            200 => {
+                let mut list: ServerList = serde_json::from_str(&body)
+                    .map_err(|e| NovaError::Unexpected(format!("invalid server list: {e}")))?;
+                list.servers
+                    .sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+                Ok(list.servers)
+            }
             406 => Err(NovaError::TooOld),
             s if s >= 500 => Err(NovaError::ServerError {
                 status: s,
@@ -394,6 +692,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reads_the_firewall_profile_from_the_embedded_flavor() {
+        let body = serde_json::json!({"server": {"flavor": {"original_name": "m1",
+            "extra_specs": {"kerbside:firewall_profile": "no-usb", "hw:cpu_policy": "shared"}}}});
+        assert_eq!(flavor_firewall_profile(&body).as_deref(), Some("no-usb"));
+        let none = serde_json::json!({"server": {"flavor": {"extra_specs": {}}}});
+        assert_eq!(flavor_firewall_profile(&none), None);
+    }
+
+    #[test]
     fn parses_nova_sample_2_99() {
         let v: serde_json::Value = serde_json::from_str(include_str!(
             "../../tests/fixtures/nova/os-console-auth-tokens-v2.99-get-console-connect-info-get-resp.json"
@@ -403,6 +710,7 @@ mod tests {
         assert_eq!(info.port, Some(6969));
         assert_eq!(info.tls_port, Some(6970));
         assert_eq!(info.host, "fakespiceconsole.com");
+        assert!(info.spice_direct);
     }
 
     #[test]
@@ -411,13 +719,13 @@ mod tests {
             "../../tests/fixtures/nova/os-console-auth-tokens-v2.31-get-console-connect-info-get-resp.json"
         ))
         .unwrap();
-        assert!(matches!(
-            parse_connect_info(&v),
-            Err(NovaError::NotSpiceDirect)
-        ));
+        let info = parse_connect_info(&v).unwrap();
+        assert!(!info.spice_direct);
+        assert_eq!(info.tls_port, None);
         let null_tls = serde_json::json!({"console": {"instance_uuid": "A", "host": "h",
             "port": 5900, "internal_access_path": null, "tls_port": null}});
         let info = parse_connect_info(&null_tls).unwrap();
+        assert!(info.spice_direct);
         assert_eq!((info.port, info.tls_port), (Some(5900), None));
         assert_eq!(info.instance_uuid, "a");
     }

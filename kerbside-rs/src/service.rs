@@ -1,18 +1,77 @@
-//! Starting and stopping the service: the database (with start-up retries and the migration
-//! check), the proxy's TLS identity, the components chosen on the command line, the metrics
-//! endpoint, the sources watcher, and the signal-driven shutdown.
+//! Starting and stopping the service: the [`Component`]s it can run and which of them run, the
+//! database (with start-up retries and the migration check), the proxy's TLS identity, the
+//! metrics endpoint, the sources watcher, and the signal-driven shutdown.
+//!
+//! It does not parse command lines ([`crate::cli`] does, and calls [`run`]) and it knows
+//! nothing of the operator commands ([`crate::manage`] reuses [`open_database`] and
+//! [`proxy_identity`] from here).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cli::Component;
 use crate::config::Config;
 use crate::db::{Backend, Db, DbError, DbUrl, PoolOptions};
 use crate::metrics::Metrics;
 use crate::proxy::{self, ProxyHandle, ProxyTls};
 use crate::shutdown::{self, Shutdown};
 use crate::tlsutil;
+
+/// A component of the service.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    /// The HTTP API.
+    Api,
+    /// The SPICE proxy.
+    Proxy,
+    /// The Nova notification consumer.
+    Notifications,
+}
+
+/// Why the service could not start. Each variant keeps its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The database could not be opened or is unusable.
+    #[error(transparent)]
+    Database(#[from] DbError),
+    /// The schema is older than this release.
+    #[error("{0}: run `kerbside-manage db sync` first")]
+    SchemaOutOfDate(#[source] DbError),
+    /// The proxy's TLS identity.
+    #[error(transparent)]
+    Tls(#[from] tlsutil::TlsError),
+    /// The CA file given to clients cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadCa {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The metrics registry.
+    #[error("cannot create metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The metrics endpoint could not listen.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsListen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The proxy.
+    #[error(transparent)]
+    Proxy(#[from] proxy::StartError),
+    /// The API.
+    #[error(transparent)]
+    Api(#[from] crate::api::StartError),
+    /// The notification consumer.
+    #[error(transparent)]
+    Notifications(#[from] crate::notifications::NotifyError),
+    /// The signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
+}
 
 /// The proxy's TLS identity as clients see it.
 #[derive(Clone, Debug)]
@@ -29,8 +88,8 @@ pub struct ProxyIdentity {
 /// `$state_path/tls` for single-node and demo deployments.
 ///
 /// # Errors
-/// A message naming the unusable file.
-pub fn proxy_identity(config: &Config) -> Result<ProxyIdentity, String> {
+/// [`ServiceError`] naming the unusable file.
+pub fn proxy_identity(config: &Config) -> Result<ProxyIdentity, ServiceError> {
     let p = &config.proxy;
     let (tls, ca_file) = match (&p.cert_file, &p.key_file) {
         (Some(cert_file), Some(key_file)) => (
@@ -61,17 +120,16 @@ pub fn proxy_identity(config: &Config) -> Result<ProxyIdentity, String> {
     };
     let ca_pem = ca_file
         .map(|path: PathBuf| {
-            std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            std::fs::read_to_string(&path).map_err(|source| ServiceError::ReadCa { path, source })
         })
         .transpose()?;
     let host_subject = match &p.host_subject {
         Some(subject) => Some(subject.clone()),
         None => {
             let certs = tlsutil::load_certs(&tls.cert_file)?;
-            let first = certs
-                .first()
-                .ok_or_else(|| format!("no certificate in {}", tls.cert_file.display()))?;
+            let first = certs.first().ok_or_else(|| {
+                tlsutil::TlsError::NoCertificate(tls.cert_file.display().to_string())
+            })?;
             Some(tlsutil::format_host_subject(&tlsutil::cert_subject(first)?))
         }
     };
@@ -82,20 +140,29 @@ pub fn proxy_identity(config: &Config) -> Result<ProxyIdentity, String> {
     })
 }
 
+/// Makes an existing state directory private (it holds the SQLite database and TLS keys):
+/// tightened to 0700 (logged) when others may read it. A missing one is left to whoever
+/// needs it first (the SQLite file, the generated TLS material), which creates it 0700.
+/// A directory kerbside may not change (not its owner) is reported, not fatal.
+pub fn secure_state_dir(dir: &std::path::Path) {
+    if dir.is_dir()
+        && let Err(e) = crate::db::tighten_mode(dir, 0o700)
+    {
+        tracing::warn!(error = %e, "the state directory may be readable by other users");
+    }
+}
+
 /// Opens the database, retrying while it is unreachable (it may start after kerbside). An
 /// embedded SQLite database is created and migrated; a shared database must already be at the
 /// current schema (`kerbside-manage db sync`).
 ///
 /// # Errors
-/// A one-line message naming the cause.
-pub async fn open_database(config: &Config, migrate_sqlite: bool) -> Result<Db, String> {
-    let url = DbUrl::parse(config.database.connection.expose()).map_err(|e| e.to_string())?;
-    if let DbUrl::Sqlite { path } = &url
-        && let Some(parent) = path.parent()
-        && !parent.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+/// [`ServiceError`] naming the cause.
+pub async fn open_database(config: &Config, migrate_sqlite: bool) -> Result<Db, ServiceError> {
+    let url = DbUrl::parse(config.database.connection.expose()).map_err(DbError::from)?;
+    secure_state_dir(&config.default.state_path);
+    if let DbUrl::Sqlite { path } = &url {
+        crate::db::secure_sqlite_file(path)?;
     }
     let opts = PoolOptions {
         max_size: config.database.max_pool_size,
@@ -110,20 +177,18 @@ pub async fn open_database(config: &Config, migrate_sqlite: bool) -> Result<Db, 
                 tracing::warn!(error = %e, attempt, "database unavailable, retrying");
                 tokio::time::sleep(Duration::from_secs(config.database.retry_interval)).await;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
     };
     if db.backend() == Backend::Sqlite && migrate_sqlite {
-        let applied = db.ensure_schema().await.map_err(|e| e.to_string())?;
+        let applied = db.ensure_schema().await?;
         if !applied.is_empty() {
             tracing::info!(migrations = ?applied, "migrated the embedded SQLite database");
         }
     } else {
         db.check_current().await.map_err(|e| match e {
-            DbError::PendingMigrations { .. } => {
-                format!("{e}: run `kerbside-manage db sync` first")
-            }
-            other => other.to_string(),
+            DbError::PendingMigrations { .. } => ServiceError::SchemaOutOfDate(e),
+            other => ServiceError::Database(other),
         })?;
     }
     Ok(db)
@@ -143,7 +208,6 @@ pub struct Running {
     pub db: Db,
     /// Every metric of this process (tests read them).
     pub metrics: Arc<Metrics>,
-    metrics_server: Option<actix_web::dev::ServerHandle>,
     api_server: Option<actix_web::dev::ServerHandle>,
 }
 
@@ -172,11 +236,11 @@ pub fn components(config: &Config, asked: &[Component]) -> Vec<Component> {
 /// Starts the components on a fresh shutdown handle.
 ///
 /// # Errors
-/// A message naming what could not start.
-pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Running, String> {
+/// [`ServiceError`] naming what could not start.
+pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Running, ServiceError> {
     let shutdown = Shutdown::new();
     let db = open_database(&config, true).await?;
-    let metrics = Metrics::new().map_err(|e| format!("cannot create metrics: {e}"))?;
+    let metrics = Metrics::new()?;
     if let Some(path) = &config.console.sources_file {
         crate::sources::spawn_watcher(
             db.clone(),
@@ -216,13 +280,13 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
                 if let Err(e) = started {
                     // Stop what already started (the proxy) before reporting.
                     shutdown.stop_now().await;
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
             }
         }
     }
     if components.contains(&Component::Api) {
-        let started = start_api(&config, &db, proxy.as_ref(), &shutdown);
+        let started = start_api(&config, &db, &metrics, proxy.as_ref(), &shutdown);
         match started {
             Ok(started) => api = Some(started),
             Err(e) => {
@@ -231,15 +295,26 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
             }
         }
     }
-    let (metrics_server, metrics_addrs) = if config.metrics.enabled {
+    let metrics_addrs = if config.metrics.enabled {
         let addr = std::net::SocketAddr::new(config.metrics.bind_host, config.metrics.bind_port);
         let (server, addrs) = crate::metrics::serve(metrics.clone(), addr)
-            .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+            .map_err(|source| ServiceError::MetricsListen { addr, source })?;
         let handle = server.handle();
-        tokio::spawn(server);
-        (Some(handle), addrs)
+        // Metrics answer through a drain (operators watch it) and stop with everything else.
+        shutdown.servers().spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "the metrics server failed");
+            }
+        });
+        let stop = shutdown.stop_token().clone();
+        let stopper = handle.clone();
+        shutdown.servers().spawn(async move {
+            stop.cancelled().await;
+            stopper.stop(true).await;
+        });
+        addrs
     } else {
-        (None, Vec::new())
+        Vec::new()
     };
     shutdown.set_running();
     let (api_server, api_addrs) = match api {
@@ -254,7 +329,6 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
         shutdown,
         db,
         metrics,
-        metrics_server,
     })
 }
 
@@ -263,9 +337,10 @@ pub async fn start(config: Arc<Config>, components: &[Component]) -> Result<Runn
 fn start_api(
     config: &Arc<Config>,
     db: &Db,
+    metrics: &Arc<Metrics>,
     proxy: Option<&ProxyHandle>,
     shutdown: &Shutdown,
-) -> Result<(actix_web::dev::ServerHandle, Vec<std::net::SocketAddr>), String> {
+) -> Result<(actix_web::dev::ServerHandle, Vec<std::net::SocketAddr>), ServiceError> {
     let identity = proxy_identity(config)?;
     let mut effective = (**config).clone();
     if let Some(proxy) = proxy {
@@ -280,37 +355,55 @@ fn start_api(
     let state = crate::api::ApiState::new(
         Arc::new(effective),
         db.clone(),
+        metrics.clone(),
         identity.ca_pem,
         identity.host_subject,
     )?;
-    crate::api::start(state, shutdown)
+    Ok(crate::api::start(state, shutdown)?)
 }
 
 impl Running {
+    /// Fast stop: everything closes now.
+    pub async fn stop_now(&self) {
+        if let Some(server) = &self.api_server {
+            server.stop(false).await;
+        }
+        // The metrics endpoint stops on the stop token, and stop_now waits for it.
+        self.shutdown.stop_now().await;
+    }
+
     /// Graceful stop: drain for up to `grace`, then close everything.
     pub async fn stop(&self, grace: Duration) {
         if let Some(server) = &self.api_server {
             server.stop(true).await;
         }
+        // Metrics keep answering through the drain and stop with everything else.
         self.shutdown.drain(grace).await;
-        if let Some(server) = &self.metrics_server {
-            server.stop(true).await;
-        }
     }
 }
 
-/// Runs until SIGTERM/SIGINT: the first signal drains (bounded by `[proxy] shutdown_timeout`),
-/// a second one stops at once.
+/// Runs until SIGTERM/SIGINT. SIGTERM drains (bounded by `[proxy] shutdown_timeout`) and a
+/// second signal then stops at once; SIGINT (Ctrl-C) stops at once: sessions are closed
+/// with "proxy shutting down" and the process exits.
 ///
 /// # Errors
 /// Start-up failures.
-pub async fn run(config: Arc<Config>, asked: &[Component]) -> Result<(), String> {
+pub async fn run(config: Arc<Config>, asked: &[Component]) -> Result<(), ServiceError> {
     let components = components(&config, asked);
+    if components.contains(&Component::Proxy) {
+        raise_open_file_limit(config.proxy.max_sessions);
+    }
     let running = start(config.clone(), &components).await?;
     tracing::info!(components = ?components, node = %config.node_name(), "kerbside running");
     let signal = shutdown::wait_for_signal()
         .await
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        .map_err(ServiceError::Signals)?;
+    if signal == "SIGINT" {
+        tracing::info!(signal, "stopping now: sessions are closed");
+        running.stop_now().await;
+        tracing::info!("kerbside stopped");
+        return Ok(());
+    }
     tracing::info!(
         signal,
         "draining: no new connections, sessions close within the grace period"
@@ -325,4 +418,76 @@ pub async fn run(config: Arc<Config>, asked: &[Component]) -> Result<(), String>
     }
     tracing::info!("kerbside stopped");
     Ok(())
+}
+
+/// SPICE channels one session may open (main, display, inputs, cursor, playback, record,
+/// and a couple of USB redirections or a webdav channel).
+const CHANNELS_PER_SESSION: u64 = 8;
+
+/// Descriptors beyond the sessions' sockets: listeners, database and broker connections,
+/// the metrics and API servers, log files.
+const SPARE_FILES: u64 = 256;
+
+/// Open files the proxy needs for `max_sessions` sessions: two sockets (client and
+/// hypervisor) per channel, plus a few hundred for listeners, database connections and logs.
+#[must_use]
+pub fn files_needed(max_sessions: u32) -> u64 {
+    u64::from(max_sessions) * CHANNELS_PER_SESSION * 2 + SPARE_FILES
+}
+
+/// What [`raise_open_file_limit`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileLimit {
+    /// The soft limit before.
+    pub before: u64,
+    /// The soft limit now.
+    pub now: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+/// Raises the soft open-file limit (`RLIMIT_NOFILE`) to the hard limit and logs the result;
+/// warns when it cannot hold `max_sessions` sessions (see [`files_needed`]). Each idle client
+/// socket holds a descriptor, and under the usual soft limit of 1024 a few hundred of them
+/// make `accept` fail for everyone.
+///
+/// Returns the limits (the soft one unchanged when it could not be raised, logged).
+pub fn raise_open_file_limit(max_sessions: u32) -> FileLimit {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` means unlimited.
+    let before = limit.current.unwrap_or(u64::MAX);
+    let hard = limit.maximum.unwrap_or(u64::MAX);
+    let now = if before < hard {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => hard,
+            Err(e) => {
+                tracing::warn!(
+                    soft = before,
+                    hard,
+                    error = %e,
+                    "cannot raise the open-file limit"
+                );
+                before
+            }
+        }
+    } else {
+        before
+    };
+    let needed = files_needed(max_sessions);
+    tracing::info!(before, soft = now, hard, "open-file limit");
+    if now < needed {
+        tracing::warn!(
+            limit = now,
+            needed,
+            max_sessions,
+            "the open-file limit cannot hold [proxy] max_sessions sessions: raise LimitNOFILE \
+             (systemd) or the container's nofile ulimit"
+        );
+    }
+    FileLimit { before, now, hard }
 }

@@ -31,8 +31,11 @@ pub struct Shutdown {
     drain: CancellationToken,
     /// Cancelled when everything must close now (the drain deadline passed or a second signal).
     stop: CancellationToken,
-    /// Every task a component spawned.
+    /// Every task a component spawned; a drain waits for these.
     tracker: TaskTracker,
+    /// Servers that answer until the very end (the metrics endpoint, so a drain can be
+    /// watched): they stop on [`Shutdown::stop_token`], and [`Shutdown::stop_now`] waits for them.
+    servers: TaskTracker,
     phase: watch::Sender<Phase>,
 }
 
@@ -50,6 +53,7 @@ impl Shutdown {
             drain: CancellationToken::new(),
             stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            servers: TaskTracker::new(),
             phase,
         }
     }
@@ -67,6 +71,12 @@ impl Shutdown {
     /// The tracker every component spawns its tasks on.
     pub fn tracker(&self) -> &TaskTracker {
         &self.tracker
+    }
+
+    /// The tracker of servers that keep answering while the others drain (see
+    /// [`Shutdown::stop_token`]); a drain does not wait for them, a stop does.
+    pub fn servers(&self) -> &TaskTracker {
+        &self.servers
     }
 
     /// Publishes that components are up.
@@ -102,8 +112,13 @@ impl Shutdown {
         self.drain.cancel();
         self.stop.cancel();
         self.tracker.close();
+        self.servers.close();
         // Tasks close their sockets as soon as they see the token; give them a moment.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.tracker.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            self.tracker.wait().await;
+            self.servers.wait().await;
+        })
+        .await;
         self.phase.send_replace(Phase::Stopped);
     }
 }
@@ -140,6 +155,45 @@ mod tests {
         s.drain(Duration::from_secs(5)).await;
         assert_eq!(*phase.borrow(), Phase::Stopped);
         assert!(s.tracker().is_empty());
+    }
+
+    #[tokio::test]
+    async fn phases_are_published_in_order() {
+        let s = Shutdown::new();
+        let mut phase = s.phase();
+        assert_eq!(*phase.borrow_and_update(), Phase::Starting);
+        // The tracked task outlives the drain's start until the watcher has seen Draining, so
+        // the test does not depend on scheduling.
+        let (seen_draining, draining_seen) = tokio::sync::oneshot::channel::<()>();
+        let token = s.token().clone();
+        s.tracker().spawn(async move {
+            token.cancelled().await;
+            let _ = tokio::time::timeout(Duration::from_secs(30), draining_seen).await;
+        });
+        s.set_running();
+        assert_eq!(*phase.borrow_and_update(), Phase::Running);
+        let watcher = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut seen_draining = Some(seen_draining);
+            while phase.changed().await.is_ok() {
+                let now = *phase.borrow_and_update();
+                seen.push(now);
+                if now == Phase::Draining
+                    && let Some(tx) = seen_draining.take()
+                {
+                    let _ = tx.send(());
+                }
+                if now == Phase::Stopped {
+                    break;
+                }
+            }
+            seen
+        });
+        s.drain(Duration::from_secs(5)).await;
+        assert_eq!(
+            watcher.await.unwrap(),
+            vec![Phase::Draining, Phase::Stopped]
+        );
     }
 
     #[tokio::test]

@@ -10,17 +10,91 @@ use std::path::{Path, PathBuf};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+/// What went wrong with TLS material. File errors name the file; none carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or decoded.
+    #[error("cannot read {what} from {}: {source}", path.display())]
+    Pem {
+        /// "certificates" or "a private key".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The decoder's error.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// PEM text (not a file) did not decode.
+    #[error("invalid PEM certificate: {0}")]
+    PemText(#[source] rustls_pki_types::pem::Error),
+    /// No certificate where one was expected.
+    #[error("no certificate found in {0}")]
+    NoCertificate(String),
+    /// A certificate that does not parse as X.509.
+    #[error("invalid certificate{}: {reason}", .path.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    Certificate {
+        /// The file it came from, when it came from one.
+        path: Option<PathBuf>,
+        /// The parser's words.
+        reason: String,
+    },
+    /// A malformed host subject (spice-gtk format).
+    #[error("invalid host subject: {0}")]
+    HostSubject(&'static str),
+    /// A malformed entry of a host subject.
+    #[error("invalid host subject entry '{entry}': {reason}")]
+    HostSubjectEntry {
+        /// The entry as written.
+        entry: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A file or directory could not be written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        /// "create", "read" or "write".
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// A certificate and key that rustls cannot use together.
+    #[error("{} and {} do not form a usable TLS identity: {source}", cert.display(), key.display())]
+    Identity {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// rustls's reason.
+        source: rustls::Error,
+    },
+    /// A CA certificate rustls refuses as a trust anchor.
+    #[error("unusable CA certificate: {0}")]
+    TrustAnchor(#[source] rustls::Error),
+    /// The certificate verifier could not be built.
+    #[error("cannot build a certificate verifier: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// rcgen could not make a key or certificate.
+    #[error("cannot generate TLS material: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
 /// Reads every certificate of a PEM file.
 ///
 /// # Errors
-/// A message naming the file when it cannot be read or holds no certificate.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// [`TlsError`] naming the file when it cannot be read or holds no certificate.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |source| TlsError::Pem {
+        what: "certificates",
+        path: path.to_path_buf(),
+        source,
+    };
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?
+        .map_err(pem)?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("invalid PEM certificate in {}: {e}", path.display()))?;
+        .map_err(pem)?;
     if certs.is_empty() {
-        return Err(format!("no certificate found in {}", path.display()));
+        return Err(TlsError::NoCertificate(path.display().to_string()));
     }
     Ok(certs)
 }
@@ -28,13 +102,13 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 /// Reads certificates from PEM text (a CA stored in the database).
 ///
 /// # Errors
-/// A message when the text holds no valid certificate.
-pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+/// [`TlsError`] when the text holds no valid certificate.
+pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("invalid PEM certificate: {e}"))?;
+        .map_err(TlsError::PemText)?;
     if certs.is_empty() {
-        return Err("no certificate found in PEM text".to_owned());
+        return Err(TlsError::NoCertificate("PEM text".to_owned()));
     }
     Ok(certs)
 }
@@ -43,10 +117,13 @@ pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
 /// key material.
 ///
 /// # Errors
-/// A message naming the file.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", path.display()))
+/// [`TlsError::Pem`] naming the file.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|source| TlsError::Pem {
+        what: "a private key",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// One `key=value` entry of a distinguished name.
@@ -56,8 +133,8 @@ pub type DnEntry = (String, String);
 /// Spaces before a key are skipped; `\,` and `\\` escape a comma and a backslash.
 ///
 /// # Errors
-/// A message saying what is malformed.
-pub fn parse_host_subject(subject: &str) -> Result<Vec<DnEntry>, String> {
+/// [`TlsError`] saying what is malformed.
+pub fn parse_host_subject(subject: &str) -> Result<Vec<DnEntry>, TlsError> {
     let mut entries = Vec::new();
     let mut current = String::new();
     let mut chars = subject.chars();
@@ -67,9 +144,9 @@ pub fn parse_host_subject(subject: &str) -> Result<Vec<DnEntry>, String> {
             '\\' => match chars.next() {
                 Some(escaped @ (',' | '\\')) => current.push(escaped),
                 _ => {
-                    return Err(
-                        "invalid escape in host subject: only \\, and \\\\ are allowed".to_owned(),
-                    );
+                    return Err(TlsError::HostSubject(
+                        "invalid escape: only \\, and \\\\ are allowed",
+                    ));
                 }
             },
             ',' => parts.push(std::mem::take(&mut current)),
@@ -80,14 +157,16 @@ pub fn parse_host_subject(subject: &str) -> Result<Vec<DnEntry>, String> {
     for part in parts {
         let part = part.trim_start();
         let Some((key, value)) = part.split_once('=') else {
-            return Err(format!(
-                "invalid host subject entry '{part}': expected key=value"
-            ));
+            return Err(TlsError::HostSubjectEntry {
+                entry: part.to_owned(),
+                reason: "expected key=value",
+            });
         };
         if key.is_empty() || value.is_empty() {
-            return Err(format!(
-                "invalid host subject entry '{part}': empty key or value"
-            ));
+            return Err(TlsError::HostSubjectEntry {
+                entry: part.to_owned(),
+                reason: "empty key or value",
+            });
         }
         entries.push((key.to_owned(), value.to_owned()));
     }
@@ -97,17 +176,21 @@ pub fn parse_host_subject(subject: &str) -> Result<Vec<DnEntry>, String> {
 /// The subject of a DER certificate as `(short name, value)` entries, in certificate order.
 ///
 /// # Errors
-/// A message when the certificate cannot be parsed.
-pub fn cert_subject(der: &[u8]) -> Result<Vec<DnEntry>, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)
-        .map_err(|e| format!("invalid certificate: {e}"))?;
+/// [`TlsError::Certificate`] when the certificate cannot be parsed.
+pub fn cert_subject(der: &[u8]) -> Result<Vec<DnEntry>, TlsError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::Certificate {
+            path: None,
+            reason: e.to_string(),
+        })?;
     let mut entries = Vec::new();
     for rdn in cert.subject().iter() {
         for attr in rdn.iter() {
             let oid = attr.attr_type().to_id_string();
-            let value = attr
-                .as_str()
-                .map_err(|_| format!("certificate subject attribute {oid} is not a string"))?;
+            let value = attr.as_str().map_err(|_| TlsError::Certificate {
+                path: None,
+                reason: format!("subject attribute {oid} is not a string"),
+            })?;
             entries.push((
                 short_name(&oid).unwrap_or(&oid).to_owned(),
                 value.to_owned(),
@@ -168,20 +251,32 @@ pub struct GeneratedTls {
     pub host_subject: String,
 }
 
+/// How long a generated CA is valid.
+pub const GENERATED_CA_DAYS: i64 = 3650;
+
+/// How long a generated server certificate is valid.
+pub const GENERATED_CERT_DAYS: i64 = 825;
+
+/// A generated server certificate this close to its end is issued again (same CA) at start.
+pub const RENEW_BEFORE_DAYS: i64 = 30;
+
 /// Creates (once) a private CA and a server certificate for `hosts` in `dir`: `ca-cert.pem`,
 /// `ca-key.pem`, `server-cert.pem`, `server-key.pem`. Existing files are kept, so clients that
 /// trust the CA keep working across restarts.
 ///
+/// Both are valid from a day ago (clocks differ): the CA for [`GENERATED_CA_DAYS`], the
+/// server certificate for [`GENERATED_CERT_DAYS`]. A server certificate within
+/// [`RENEW_BEFORE_DAYS`] of its end is issued again by the same CA (logged). The directory
+/// is created 0700, the keys 0600.
+///
 /// # Errors
-/// A message when files cannot be written or certificates cannot be made.
+/// [`TlsError`] when files cannot be written or certificates cannot be made.
 pub fn ensure_self_signed(
     dir: &Path,
     hosts: &[String],
     name: &str,
-) -> Result<GeneratedTls, String> {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    };
+) -> Result<GeneratedTls, TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
     let tls = GeneratedTls {
         ca_file: dir.join("ca-cert.pem"),
@@ -191,11 +286,18 @@ pub fn ensure_self_signed(
     };
     let ca_key_file = dir.join("ca-key.pem");
     if !(tls.ca_file.is_file() && tls.cert_file.is_file() && tls.key_file.is_file()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let err = |e: rcgen::Error| format!("cannot generate TLS material: {e}");
-        let ca_key = KeyPair::generate().map_err(err)?;
-        let mut ca_params = CertificateParams::new(Vec::new()).map_err(err)?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| TlsError::File {
+                action: "create",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::new())?;
         ca_params
             .distinguished_name
             .push(DnType::OrganizationName, "Kerbside");
@@ -203,25 +305,37 @@ pub fn ensure_self_signed(
             .distinguished_name
             .push(DnType::CommonName, format!("Kerbside CA for {name}"));
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key).map_err(err)?;
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        (ca_params.not_before, ca_params.not_after) = validity(GENERATED_CA_DAYS);
+        let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = Issuer::new(ca_params, &ca_key);
-
-        let key = KeyPair::generate().map_err(err)?;
-        let mut params = CertificateParams::new(hosts.to_vec()).map_err(err)?;
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, "Kerbside");
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.signed_by(&key, &issuer).map_err(err)?;
-
         write_file(&tls.ca_file, ca_cert.pem().as_bytes(), 0o644)?;
         write_file(&ca_key_file, ca_key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&tls.key_file, key.serialize_pem().as_bytes(), 0o600)?;
-        write_file(&tls.cert_file, cert.pem().as_bytes(), 0o644)?;
+        issue_server_cert(&tls, &issuer, hosts, name)?;
+    } else if expires_within(&tls.cert_file, RENEW_BEFORE_DAYS)? && ca_key_file.is_file() {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| TlsError::File {
+                action: "read",
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let ca_key = KeyPair::from_pem(&read(&ca_key_file)?)?;
+        let issuer = Issuer::from_ca_cert_pem(&read(&tls.ca_file)?, ca_key)?;
+        issue_server_cert(&tls, &issuer, hosts, name)?;
+        tracing::info!(
+            cert_file = %tls.cert_file.display(),
+            days = GENERATED_CERT_DAYS,
+            "renewed the generated server certificate"
+        );
     }
     let certs = load_certs(&tls.cert_file)?;
-    let first = certs.first().ok_or("no certificate")?;
+    let first = certs
+        .first()
+        .ok_or_else(|| TlsError::NoCertificate(tls.cert_file.display().to_string()))?;
     let host_subject = format_host_subject(&cert_subject(first)?);
     Ok(GeneratedTls {
         host_subject,
@@ -229,18 +343,66 @@ pub fn ensure_self_signed(
     })
 }
 
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), String> {
+/// A new server key and certificate for `hosts`, signed by `issuer`, written over the old.
+fn issue_server_cert<S: rcgen::SigningKey>(
+    tls: &GeneratedTls,
+    issuer: &rcgen::Issuer<'_, S>,
+    hosts: &[String],
+    name: &str,
+) -> Result<(), TlsError> {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "Kerbside");
+    params.distinguished_name.push(DnType::CommonName, name);
+    (params.not_before, params.not_after) = validity(GENERATED_CERT_DAYS);
+    let cert = params.signed_by(&key, issuer)?;
+    write_file(&tls.key_file, key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(&tls.cert_file, cert.pem().as_bytes(), 0o644)
+}
+
+/// From a day ago (clocks differ) to `days` from now.
+fn validity(days: i64) -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    (
+        now - time::Duration::days(1),
+        now + time::Duration::days(days),
+    )
+}
+
+/// Whether the first certificate of `path` ends within `days` (or has ended).
+fn expires_within(path: &Path, days: i64) -> Result<bool, TlsError> {
+    let certs = load_certs(path)?;
+    let first = certs
+        .first()
+        .ok_or_else(|| TlsError::NoCertificate(path.display().to_string()))?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(first).map_err(|e| TlsError::Certificate {
+            path: Some(path.to_path_buf()),
+            reason: e.to_string(),
+        })?;
+    let not_after = cert.validity().not_after.timestamp();
+    let limit = (time::OffsetDateTime::now_utc() + time::Duration::days(days)).unix_timestamp();
+    Ok(not_after <= limit)
+}
+
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(mode)
         .open(path)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    f.write_all(data)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|source| TlsError::File {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -309,5 +471,77 @@ mod tests {
             std::fs::metadata(&b.key_file).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+
+    /// Validity of the first certificate of a file, as Unix times.
+    fn validity_of(path: &Path) -> (i64, i64) {
+        let certs = load_certs(path).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&certs[0]).unwrap();
+        (
+            cert.validity().not_before.timestamp(),
+            cert.validity().not_after.timestamp(),
+        )
+    }
+
+    #[test]
+    fn generated_material_is_valid_from_yesterday_for_years_not_centuries() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = ensure_self_signed(&dir.path().join("tls"), &["localhost".into()], "p").unwrap();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let day = 86_400;
+        let (ca_from, ca_to) = validity_of(&tls.ca_file);
+        let (from, to) = validity_of(&tls.cert_file);
+        for start in [ca_from, from] {
+            assert!((now - 2 * day..=now).contains(&start), "not_before {start}");
+        }
+        assert!(
+            (ca_to - now - GENERATED_CA_DAYS * day).abs() < day,
+            "CA not_after {ca_to}"
+        );
+        assert!(
+            (to - now - GENERATED_CERT_DAYS * day).abs() < day,
+            "not_after {to}"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(dir.path().join("tls"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
+    }
+
+    #[test]
+    fn a_server_certificate_near_its_end_is_renewed_by_the_same_ca() {
+        use rcgen::{CertificateParams, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let hosts = vec!["localhost".to_owned()];
+        let first = ensure_self_signed(dir.path(), &hosts, "p").unwrap();
+        let ca_before = std::fs::read(&first.ca_file).unwrap();
+        // Replace the server certificate by one ending in 10 days, from the same CA.
+        let ca_key =
+            KeyPair::from_pem(&std::fs::read_to_string(dir.path().join("ca-key.pem")).unwrap())
+                .unwrap();
+        let issuer =
+            Issuer::from_ca_cert_pem(&std::fs::read_to_string(&first.ca_file).unwrap(), ca_key)
+                .unwrap();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(hosts.clone()).unwrap();
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(800);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(10);
+        let old = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(&first.cert_file, old.pem()).unwrap();
+
+        let renewed = ensure_self_signed(dir.path(), &hosts, "p").unwrap();
+        let (_, to) = validity_of(&renewed.cert_file);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        assert!(to - now > 800 * 86_400, "renewed certificate ends {to}");
+        assert_eq!(ca_before, std::fs::read(&renewed.ca_file).unwrap());
+        // A certificate far from its end is kept as it is.
+        let kept = std::fs::read(&renewed.cert_file).unwrap();
+        ensure_self_signed(dir.path(), &hosts, "p").unwrap();
+        assert_eq!(kept, std::fs::read(&renewed.cert_file).unwrap());
     }
 }

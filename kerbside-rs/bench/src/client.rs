@@ -97,11 +97,7 @@ pub async fn link(
     if reply.caps.has_common(COMMON_CAP_AUTH_SELECTION) {
         out.extend_from_slice(&AUTH_SPICE.to_le_bytes());
     }
-    out.extend_from_slice(&encrypt_ticket(
-        &mut rand::rngs::OsRng,
-        &reply.pub_key,
-        password.as_bytes(),
-    )?);
+    out.extend_from_slice(&encrypt_ticket(&reply.pub_key, password.as_bytes())?);
     stream.write_all(&out).await?;
     stream.flush().await?;
     let mut result = [0u8; 4];

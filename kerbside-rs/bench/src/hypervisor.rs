@@ -3,6 +3,12 @@
 //! the main channel, pings on demand, and display messages streamed under spice-server's ACK
 //! window rule (stop while more than two windows are unacknowledged).
 //!
+//! In [`Screen::Static`] mode the display channel behaves like spice-server showing a screen
+//! that does not change: after the client's `DISPLAY_INIT` it sends the primary surface, the
+//! monitor layout, one fill of the whole screen and a mark, once, and then only reads. A
+//! client that loses any of those messages never shows a frame; a real spice-gtk client can
+//! render them.
+//!
 //! Unlike spice-server it serves any number of clients at once (a benchmark holds many
 //! sessions on one "VM"), and it reuses a few RSA keys instead of generating one per link, so
 //! its own key generation does not dominate every configuration's link time alike.
@@ -20,11 +26,9 @@ use kerbside::spice::consts::{
     MSGC_MAIN_ATTACH_CHANNELS, MSGC_PONG,
 };
 use kerbside::spice::{
-    Caps, ChannelType, LinkError, LinkMessage, LinkReply, SpiceError, encode_link_result,
-    parse_link_message,
+    Caps, ChannelType, LinkError, LinkMessage, LinkReply, SpiceError, TicketKey,
+    encode_link_result, parse_link_message,
 };
-use rsa::pkcs8::EncodePublicKey;
-use rsa::{Oaep, RsaPrivateKey};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -41,10 +45,30 @@ const DISPLAY_SIZES: [usize; 6] = [48 * 1024, 2 * 1024, 24 * 1024, 512, 64 * 102
 /// Display message types used with those sizes (DRAW_COPY, DRAW_FILL, STREAM_DATA...).
 const DISPLAY_TYPES: [u16; 6] = [304, 302, 123, 302, 123, 304];
 
+/// What the display channel shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Screen {
+    /// Display messages streamed on demand (see [`Hypervisor::set_stream_bytes`]).
+    Streaming,
+    /// One static screen, sent once after `DISPLAY_INIT` (see the module documentation).
+    Static,
+}
+
+/// Client message: the display channel's `DISPLAY_INIT`.
+const MSGC_DISPLAY_INIT: u16 = 101;
+/// Display messages of the static screen.
+const MSG_DISPLAY_MARK: u16 = 102;
+const MSG_DISPLAY_DRAW_FILL: u16 = 302;
+const MSG_DISPLAY_SURFACE_CREATE: u16 = 314;
+const MSG_DISPLAY_MONITORS_CONFIG: u16 = 317;
+/// Size of the static screen.
+const STATIC_SCREEN: (u32, u32) = (640, 480);
+
 /// What the coordinator asks of the hypervisor, shared with every connection.
 struct Shared {
     password: String,
-    keys: Vec<(RsaPrivateKey, [u8; 162])>,
+    screen: Screen,
+    keys: Vec<TicketKey>,
     next_key: AtomicU32,
     sessions: Mutex<HashSet<u32>>,
     next_session: AtomicU32,
@@ -74,22 +98,25 @@ impl Drop for Hypervisor {
 }
 
 impl Hypervisor {
-    /// Starts listening on a free loopback port with ticket `password`.
+    /// Starts listening on a free loopback port with ticket `password`, streaming on demand.
     ///
     /// # Errors
     /// When it cannot listen or make keys.
     pub async fn start(password: &str) -> Result<Self> {
+        Self::start_with(password, Screen::Streaming).await
+    }
+
+    /// Starts listening on a free loopback port with ticket `password` and display `screen`.
+    ///
+    /// # Errors
+    /// When it cannot listen or make keys.
+    pub async fn start_with(password: &str, screen: Screen) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut keys = Vec::new();
         for _ in 0..4 {
-            let key = RsaPrivateKey::new(&mut rand::rngs::OsRng, 1024)?;
-            let der = key.to_public_key().to_public_key_der()?;
-            let der: [u8; 162] = der
-                .as_bytes()
-                .try_into()
-                .context("unexpected public key size")?;
-            keys.push((key, der));
+            // OpenSSL, as spice-server uses.
+            keys.push(TicketKey::generate()?);
         }
         let (stream_tx, stream_bytes) = watch::channel(0);
         let (pings_tx, pings) = watch::channel(0);
@@ -98,6 +125,7 @@ impl Hypervisor {
             .collect();
         let shared = Arc::new(Shared {
             password: password.to_owned(),
+            screen,
             keys,
             next_key: AtomicU32::new(0),
             sessions: Mutex::new(HashSet::new()),
@@ -186,13 +214,13 @@ async fn serve(mut tcp: TcpStream, shared: &Shared) -> Result<()> {
     let message = read_link(&mut tcp).await?;
     let channel = message.channel_type;
     let n = shared.next_key.fetch_add(1, Ordering::Relaxed) as usize;
-    let (key, der) = shared
+    let key = shared
         .keys
         .get(n % shared.keys.len().max(1))
         .context("no keys")?;
     let reply = LinkReply {
         error: LinkError::Ok,
-        pub_key: *der,
+        pub_key: *key.public_der(),
         caps: qemu_caps(channel),
     };
     tcp.write_all(&reply.encode()).await?;
@@ -203,11 +231,10 @@ async fn serve(mut tcp: TcpStream, shared: &Shared) -> Result<()> {
     }
     let mut ticket = [0u8; 128];
     tcp.read_exact(&mut ticket).await?;
-    let plain = key
-        .decrypt(Oaep::new::<sha1::Sha1>(), &ticket)
-        .unwrap_or_default();
-    let password = plain.split(|b| *b == 0).next().unwrap_or_default();
-    let mut result = if password == shared.password.as_bytes() {
+    let password_ok = key
+        .decrypt_ticket(&ticket)
+        .is_ok_and(|t| t.as_bytes() == shared.password.as_bytes());
+    let mut result = if password_ok {
         LinkError::Ok
     } else {
         LinkError::PermissionDenied
@@ -237,6 +264,7 @@ async fn serve(mut tcp: TcpStream, shared: &Shared) -> Result<()> {
     }
     let outcome = match channel {
         ChannelType::Main => serve_main(tcp, shared, session_id).await,
+        ChannelType::Display if shared.screen == Screen::Static => serve_static_display(tcp).await,
         ChannelType::Display => serve_display(tcp, shared).await,
         _ => serve_idle(tcp).await,
     };
@@ -373,6 +401,57 @@ async fn serve_display(tcp: TcpStream, shared: &Shared) -> Result<()> {
     tokio::select! {
         r = reader => r,
         r = writer => r,
+    }
+}
+
+/// The display messages of a static screen: primary surface, monitor layout, a fill of the
+/// whole surface, and a mark.
+fn static_screen() -> Vec<u8> {
+    let (width, height) = STATIC_SCREEN;
+    let le = |values: &[u32]| -> Vec<u8> { values.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    // surface id, width, height, format 32_xRGB, flags PRIMARY
+    let surface = le(&[0, width, height, 32, 1]);
+    // count 1, max allowed 1, then one head: id, surface id, width, height, x, y, flags
+    let mut monitors = [1u16.to_le_bytes(), 1u16.to_le_bytes()].concat();
+    monitors.extend(le(&[0, 0, width, height, 0, 0, 0]));
+    // DisplayBase: surface 0, box (top, left, bottom, right), clip NONE; then the Fill: a
+    // solid brush, rop OP_PUT, and an empty mask (flags, position, no bitmap).
+    let mut fill = le(&[0, 0, 0, height, width]);
+    fill.push(0);
+    fill.push(1);
+    fill.extend(0x0033_6699u32.to_le_bytes());
+    fill.extend(8u16.to_le_bytes());
+    fill.push(0);
+    fill.extend(le(&[0, 0, 0]));
+    [
+        mini(MSG_DISPLAY_SURFACE_CREATE, &surface),
+        mini(MSG_DISPLAY_MONITORS_CONFIG, &monitors),
+        mini(MSG_DISPLAY_DRAW_FILL, &fill),
+        mini(MSG_DISPLAY_MARK, &[]),
+    ]
+    .concat()
+}
+
+/// The display channel of [`Screen::Static`]: the screen once, then only reading.
+async fn serve_static_display(tcp: TcpStream) -> Result<()> {
+    let (mut rd, mut wr) = tcp.into_split();
+    wr.write_all(&mini(
+        MSG_SET_ACK,
+        &[1u32.to_le_bytes(), ACK_WINDOW.to_le_bytes()].concat(),
+    ))
+    .await?;
+    // spice-server draws for a client once it has its DISPLAY_INIT (cache settings).
+    loop {
+        let (t, _) = read_mini(&mut rd).await?;
+        if t == MSGC_DISPLAY_INIT {
+            break;
+        }
+    }
+    // One write: the messages reach the proxy together, as a burst from QEMU does.
+    wr.write_all(&static_screen()).await?;
+    // Nothing more is ever sent: a client that has not drawn by now never will.
+    loop {
+        read_mini(&mut rd).await?;
     }
 }
 

@@ -1,7 +1,13 @@
-//! `kerbside-bench`: runs one SPICE workload three ways in one run — straight to a scripted
+//! `kerbside-bench`: runs one SPICE workload four ways in one run — straight to a scripted
 //! hypervisor (plain TCP, the relay-less path), through HAProxy terminating TLS (the dumb
-//! relay), and through kerbside (`kerbside --component proxy`, SQLite, TLS on the client
-//! leg) — and writes the figures as a Markdown report.
+//! relay), through kerbside (`kerbside --component proxy`, SQLite, TLS on the client leg)
+//! with its SPICE firewall and the default profile, and through a second kerbside with
+//! `[firewall] mode = off` (the opaque relay the firewall's cost is measured against) — and
+//! writes the figures as a Markdown report.
+//!
+//! `kerbside-bench static-screen` instead serves one scripted hypervisor whose screen never
+//! changes, for tests with real SPICE clients (a relay that strands display messages in a
+//! buffer shows no picture against it, where a streaming server would hide the fault).
 
 mod client;
 mod hypervisor;
@@ -63,29 +69,54 @@ pub struct Args {
     /// The command line to print in the report (set by tools/bench.sh).
     #[arg(long, default_value = "")]
     command: String,
+    /// Instead of benchmarking, serve one scripted hypervisor in this mode.
+    #[command(subcommand)]
+    serve: Option<Serve>,
 }
 
-/// The three ways the client reaches the hypervisor.
+/// A scripted hypervisor to run on its own, for tests with real clients.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Serve {
+    /// Serve a hypervisor whose screen never changes (see `hypervisor::Screen::Static`) on a
+    /// free loopback port; print `{"addr": "127.0.0.1:PORT"}` and serve until killed or until
+    /// standard input closes.
+    StaticScreen {
+        /// The SPICE ticket it accepts.
+        #[arg(long, default_value = TICKET)]
+        ticket: String,
+    },
+}
+
+/// The ways the client reaches the hypervisor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Config {
     /// Plain TCP straight to the hypervisor.
     Direct,
     /// HAProxy terminating TLS.
     Relay,
-    /// kerbside.
+    /// kerbside with its SPICE firewall (the default: `[firewall] mode = enforce`, the
+    /// built-in default profile).
     Kerbside,
+    /// kerbside with `[firewall] mode = off`: display, inputs and cursor copied opaquely.
+    KerbsideOpaque,
 }
 
 impl Config {
     /// All, in report order.
-    pub const ALL: [Config; 3] = [Config::Direct, Config::Relay, Config::Kerbside];
+    pub const ALL: [Config; 4] = [
+        Config::Direct,
+        Config::Relay,
+        Config::Kerbside,
+        Config::KerbsideOpaque,
+    ];
 
     /// Report name.
     pub fn name(self) -> &'static str {
         match self {
             Config::Direct => "direct (no proxy, plain)",
             Config::Relay => "HAProxy (TLS relay)",
-            Config::Kerbside => "kerbside",
+            Config::Kerbside => "kerbside (firewall, default profile)",
+            Config::KerbsideOpaque => "kerbside, firewall off (opaque relay)",
         }
     }
 }
@@ -95,6 +126,7 @@ struct Bench {
     direct: (Hypervisor, Target),
     relay: (Hypervisor, Target, Relay),
     kerbside: (Hypervisor, Target, Kerbside),
+    opaque: (Hypervisor, Target, Kerbside),
 }
 
 impl Bench {
@@ -103,6 +135,7 @@ impl Bench {
             Config::Direct => &self.direct.0,
             Config::Relay => &self.relay.0,
             Config::Kerbside => &self.kerbside.0,
+            Config::KerbsideOpaque => &self.opaque.0,
         }
     }
 
@@ -111,6 +144,7 @@ impl Bench {
             Config::Direct => &self.direct.1,
             Config::Relay => &self.relay.1,
             Config::Kerbside => &self.kerbside.1,
+            Config::KerbsideOpaque => &self.opaque.1,
         }
     }
 
@@ -119,12 +153,14 @@ impl Bench {
             Config::Direct => None,
             Config::Relay => self.relay.2.pid(),
             Config::Kerbside => self.kerbside.2.pid(),
+            Config::KerbsideOpaque => self.opaque.2.pid(),
         }
     }
 
     async fn passwords(&self, c: Config, n: usize) -> Result<Vec<String>> {
         match c {
             Config::Kerbside => self.kerbside.2.tokens(n).await,
+            Config::KerbsideOpaque => self.opaque.2.tokens(n).await,
             _ => Ok(vec![TICKET.to_owned(); n]),
         }
     }
@@ -135,7 +171,22 @@ fn main() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(args))
+    match args.serve.clone() {
+        Some(Serve::StaticScreen { ticket }) => runtime.block_on(serve_static_screen(&ticket)),
+        None => runtime.block_on(run(args)),
+    }
+}
+
+/// Runs a static-screen hypervisor until standard input closes (or the process is killed).
+async fn serve_static_screen(ticket: &str) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let hv = Hypervisor::start_with(ticket, hypervisor::Screen::Static).await?;
+    println!("{{\"addr\": \"{}\"}}", hv.addr);
+    let mut stdin = tokio::io::stdin();
+    let mut scratch = [0u8; 64];
+    while stdin.read(&mut scratch).await? > 0 {}
+    drop(hv);
+    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -167,10 +218,23 @@ async fn run(args: Args) -> Result<()> {
     let hv_direct = Hypervisor::start(TICKET).await?;
     let hv_relay = Hypervisor::start(TICKET).await?;
     let hv_kerbside = Hypervisor::start(TICKET).await?;
+    let hv_opaque = Hypervisor::start(TICKET).await?;
     let relay = Relay::start(dir.path(), &pki, hv_relay.addr).await?;
     let kerbside_dir = dir.path().join("kerbside");
     std::fs::create_dir_all(&kerbside_dir)?;
-    let kerbside = Kerbside::start(&program, &kerbside_dir, &pki, hv_kerbside.addr, TICKET).await?;
+    let kerbside =
+        Kerbside::start(&program, &kerbside_dir, &pki, hv_kerbside.addr, TICKET, "").await?;
+    let opaque_dir = dir.path().join("kerbside-opaque");
+    std::fs::create_dir_all(&opaque_dir)?;
+    let opaque = Kerbside::start(
+        &program,
+        &opaque_dir,
+        &pki,
+        hv_opaque.addr,
+        TICKET,
+        "[firewall]\nmode = off\n",
+    )
+    .await?;
     let direct_target = Target {
         addr: hv_direct.addr,
         tls: None,
@@ -189,19 +253,31 @@ async fn run(args: Args) -> Result<()> {
             hv_kerbside,
             Target {
                 addr: kerbside.addr,
-                tls: Some(tls),
+                tls: Some(tls.clone()),
             },
             kerbside,
         ),
+        opaque: (
+            hv_opaque,
+            Target {
+                addr: opaque.addr,
+                tls: Some(tls),
+            },
+            opaque,
+        ),
     };
-    // Let kerbside fill its key pool before anything is measured.
-    if let Some(pid) = bench.pid(Config::Kerbside) {
-        settle(pid, Duration::from_secs(20)).await;
+    // Let both kerbside processes fill their key pools before anything is measured.
+    for c in [Config::Kerbside, Config::KerbsideOpaque] {
+        if let Some(pid) = bench.pid(c) {
+            settle(pid, Duration::from_secs(20)).await;
+        }
     }
     let mut report = Report::new(&args).await;
 
     eprintln!("link latency: {} sessions per configuration", args.reps);
     link_latency(&bench, &args, &mut report).await?;
+    eprintln!("failed links: {} per proxy", args.reps * 4);
+    failed_links(&bench, args.reps * 4, &mut report).await?;
     eprintln!("ping round trips: {}", args.pings);
     round_trips(&bench, &args, &mut report).await?;
     eprintln!("display throughput");
@@ -209,23 +285,29 @@ async fn run(args: Args) -> Result<()> {
         throughput(&bench, &args, sessions, &mut report).await?;
     }
     eprintln!("{} sessions held, {} cycles", args.sessions, args.cycles);
+    // The firewall's cost is in the relay: the held sessions (memory, link rate) compare
+    // kerbside with HAProxy and the direct path only.
     for c in [Config::Direct, Config::Relay, Config::Kerbside] {
         held(&bench, &args, c, &mut report).await?;
     }
     report.write(&args.out)?;
     eprintln!("wrote {}", args.out.display());
     let Bench {
-        relay, kerbside, ..
+        relay,
+        kerbside,
+        opaque,
+        ..
     } = bench;
     relay.2.stop().await;
     kerbside.2.stop().await;
+    opaque.2.stop().await;
     Ok(())
 }
 
 async fn link_latency(bench: &Bench, args: &Args, report: &mut Report) -> Result<()> {
-    let mut main = [Vec::new(), Vec::new(), Vec::new()];
-    let mut display = [Vec::new(), Vec::new(), Vec::new()];
-    let mut session = [Vec::new(), Vec::new(), Vec::new()];
+    let mut main = Config::ALL.map(|_| Vec::new());
+    let mut display = Config::ALL.map(|_| Vec::new());
+    let mut session = Config::ALL.map(|_| Vec::new());
     let mut cpu_start = Vec::new();
     let mut passwords = Vec::new();
     for c in Config::ALL {
@@ -273,6 +355,34 @@ async fn link_latency(bench: &Bench, args: &Args, report: &mut Report) -> Result
                 ms(end.keygen_cpu.saturating_sub(start.keygen_cpu)) / links,
             ));
         }
+    }
+    Ok(())
+}
+
+/// Links main channels with a ticket the proxy refuses (kerbside: an unknown token; HAProxy
+/// relays it to the hypervisor, which refuses it) and charges the proxy's CPU to them.
+async fn failed_links(bench: &Bench, n: usize, report: &mut Report) -> Result<()> {
+    for c in [Config::Relay, Config::Kerbside] {
+        let Some(pid) = bench.pid(c) else { continue };
+        settle(pid, Duration::from_secs(10)).await;
+        let start = usage(pid)?;
+        for i in 0..n {
+            let wrong = format!("not-a-valid-token-{i}");
+            let refused = client::link(
+                bench.target(c),
+                kerbside::spice::ChannelType::Main,
+                0,
+                &wrong,
+            )
+            .await
+            .is_err();
+            anyhow::ensure!(refused, "{}: a wrong ticket was accepted", c.name());
+        }
+        settle(pid, Duration::from_secs(10)).await;
+        let end = usage(pid)?;
+        report
+            .failed_link_cpu
+            .push((c, ms(end.cpu.saturating_sub(start.cpu)) / n as f64));
     }
     Ok(())
 }

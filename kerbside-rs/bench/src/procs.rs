@@ -121,7 +121,7 @@ pub struct Kerbside {
 
 impl Kerbside {
     /// Writes a state directory (config, sources.yaml naming `hypervisor`, certificate) and
-    /// starts the proxy.
+    /// starts the proxy; `extra` is appended to its configuration (INI text).
     ///
     /// # Errors
     /// When it does not start.
@@ -131,6 +131,7 @@ impl Kerbside {
         pki: &TestPki,
         hypervisor: SocketAddr,
         ticket: &str,
+        extra: &str,
     ) -> Result<Self> {
         let cert = pki.issue("kerbside", "kerbside-bench", &["127.0.0.1"])?;
         let uuid = uuid::Uuid::new_v4().to_string();
@@ -154,9 +155,11 @@ impl Kerbside {
              [database]\nconnection = {database}\n\n\
              [proxy]\nbind_host = 127.0.0.1\ntls_port = {tls_port}\ninsecure_port = {insecure}\n\
              public_host = 127.0.0.1\ncert_file = {cert}\nkey_file = {key}\nca_file = {ca}\n\
-             handshake_timeout = 300\nmax_sessions = 5000\nmax_connections = 30000\n\n\
+             handshake_timeout = 300\nmax_sessions = 5000\nmax_connections = 30000\n\
+             max_handshakes = 30000\nmax_handshakes_per_address = 30000\n\
+             failed_link_burst = 0\n\n\
              [console]\nsources_file = {sources}\n\n\
-             [metrics]\nbind_port = 0\n",
+             [metrics]\nbind_port = 0\n\n{extra}",
             state = dir.display(),
             insecure = free_port()?,
             cert = cert.cert_path.display(),

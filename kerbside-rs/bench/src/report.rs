@@ -78,6 +78,8 @@ pub struct Report {
     pub session: Vec<Series>,
     /// (config, CPU ms per link, of which key generation).
     pub cpu_per_link: Vec<(Config, f64, f64)>,
+    /// (config, CPU ms per refused link).
+    pub failed_link_cpu: Vec<(Config, f64)>,
     /// Main channel ping round trip, µs.
     pub rtt: Vec<Series>,
     /// (sessions, MiB/s).
@@ -126,6 +128,7 @@ impl Report {
             display_link: Vec::new(),
             session: Vec::new(),
             cpu_per_link: Vec::new(),
+            failed_link_cpu: Vec::new(),
             rtt: Vec::new(),
             throughput: Vec::new(),
             cpu_per_gib: Vec::new(),
@@ -188,10 +191,14 @@ impl Report {
              (`kerbside-bench`): **direct** is the client on plain TCP straight to the \
              hypervisor (the relay-less path), **HAProxy** terminates TLS in front of it \
              (`mode tcp`), **kerbside** is `kerbside --component proxy` with SQLite and a \
-             static source (TLS to the client, plain to the hypervisor). Link figures come \
-             from {} sessions per configuration opened one after another (interleaved), \
-             {} pings, {} throughput runs of {} MiB per display channel, {} sessions of 4 \
-             channels held for {} cycles ({} being opened at once).\n",
+             static source (TLS to the client, plain to the hypervisor) with its SPICE \
+             firewall in the default mode and profile, and **kerbside, firewall off** is a \
+             second such process with `[firewall] mode = off`, which copies display, inputs \
+             and cursor opaquely (the relay the firewall's cost is measured against). Link \
+             figures come from {} sessions per configuration opened one after another \
+             (interleaved), {} pings, {} throughput runs of {} MiB per display channel, {} \
+             sessions of 4 channels held for {} cycles ({} being opened at once; not for \
+             kerbside with the firewall off).\n",
             self.args.reps,
             self.args.pings,
             self.args.stream_runs,
@@ -204,6 +211,8 @@ impl Report {
         self.render_cpu(&mut o);
         self.render_throughput(&mut o);
         self.render_held(&mut o);
+        self.render_firewall_targets(&mut o);
+        self.render_link_targets(&mut o);
         self.render_targets(&mut o);
         o
     }
@@ -250,6 +259,19 @@ impl Report {
             let _ = writeln!(o, "| {} | {total:.2} | {keygen:.2} |", c.name());
         }
         let _ = writeln!(o);
+        if !self.failed_link_cpu.is_empty() {
+            let _ = writeln!(
+                o,
+                "Refused links (a wrong ticket on the main channel; kerbside's failed-link \
+                 limiter is off in the bench so each one does the whole link stage):\n"
+            );
+            let _ = writeln!(o, "| configuration | CPU ms per refused link |");
+            let _ = writeln!(o, "|---|---|");
+            for (c, cpu) in &self.failed_link_cpu {
+                let _ = writeln!(o, "| {} | {cpu:.2} |", c.name());
+            }
+            let _ = writeln!(o);
+        }
     }
 
     fn render_throughput(&self, o: &mut String) {
@@ -319,17 +341,161 @@ impl Report {
         let _ = writeln!(o);
     }
 
+    /// The firewall's cost (issue 12): kerbside with the firewall against kerbside with
+    /// `[firewall] mode = off` in this run, and against HAProxy's CPU per GiB.
+    fn render_firewall_targets(&self, o: &mut String) {
+        targets_head(
+            o,
+            "Targets (issue 12: the firewall's cost, against `[firewall] mode = off` in this run)",
+        );
+        let mut row = |name: &str, measured: Option<(String, bool)>| match measured {
+            Some((m, met)) => target_row(o, name, &m, Some(met)),
+            None => target_row(o, name, "—", None),
+        };
+        let link = |series: &[Series], unit: &str| {
+            let k = Self::find(series, Config::Kerbside)?;
+            let off = Self::find(series, Config::KerbsideOpaque)?;
+            let x = k.p50 / off.p50;
+            Some((
+                format!("{x:.2}× ({:.2} {unit} vs {:.2} {unit})", k.p50, off.p50),
+                x <= 1.1,
+            ))
+        };
+        row(
+            "main link p50 ≤ 1.1× firewall off",
+            link(&self.main_link, "ms"),
+        );
+        row(
+            "4-channel session p50 ≤ 1.1× firewall off",
+            link(&self.session, "ms"),
+        );
+        let gib = |c: Config, sessions: usize| {
+            self.cpu_per_gib
+                .iter()
+                .find(|(n, s)| *n == sessions && s.config == c)
+                .map(|(_, s)| s.p50)
+        };
+        let mut counts: Vec<usize> = self.cpu_per_gib.iter().map(|(n, _)| *n).collect();
+        counts.dedup();
+        for sessions in counts {
+            row(
+                &format!(
+                    "relay CPU per GiB ≤ 1.1× firewall off ({sessions} session{})",
+                    if sessions == 1 { "" } else { "s" }
+                ),
+                gib(Config::Kerbside, sessions)
+                    .zip(gib(Config::KerbsideOpaque, sessions))
+                    .map(|(k, off)| {
+                        (
+                            format!("{:.2}× ({k:.3} s vs {off:.3} s)", k / off),
+                            k <= 1.1 * off,
+                        )
+                    }),
+            );
+            row(
+                &format!(
+                    "relay CPU per GiB with the firewall ≤ HAProxy's ({sessions} session{})",
+                    if sessions == 1 { "" } else { "s" }
+                ),
+                gib(Config::Kerbside, sessions)
+                    .zip(gib(Config::Relay, sessions))
+                    .map(|(k, r)| (format!("{k:.3} s vs {r:.3} s"), k <= r)),
+            );
+        }
+        let _ = writeln!(o);
+    }
+
+    /// The link-speed targets of issue 13, as ratios against HAProxy in this run.
+    fn render_link_targets(&self, o: &mut String) {
+        targets_head(o, "Targets (issue 13: ratios against HAProxy in this run)");
+        let mut row = |name: &str, measured: Option<(String, bool)>| match measured {
+            Some((m, met)) => target_row(o, name, &m, Some(met)),
+            None => target_row(o, name, "—", None),
+        };
+        let ratio = |series: &[Series], limit: f64| {
+            let k = Self::find(series, Config::Kerbside)?;
+            let r = Self::find(series, Config::Relay)?;
+            let x = k.p50 / r.p50;
+            Some((
+                format!("{x:.2}× ({:.2} ms vs {:.2} ms)", k.p50, r.p50),
+                x <= limit,
+            ))
+        };
+        row("main link p50 ≤ 1.3× HAProxy", ratio(&self.main_link, 1.3));
+        row(
+            "4-channel session p50 ≤ 1.3× HAProxy",
+            ratio(&self.session, 1.3),
+        );
+        let cpu = |c: Config| {
+            self.cpu_per_link
+                .iter()
+                .find(|(x, ..)| *x == c)
+                .map(|(_, t, _)| *t)
+        };
+        row(
+            "proxy CPU per link ≤ 1.5× HAProxy (default key bound)",
+            cpu(Config::Kerbside).zip(cpu(Config::Relay)).map(|(k, r)| {
+                (
+                    format!("{:.2}× ({k:.2} ms vs {r:.2} ms)", k / r),
+                    k <= 1.5 * r,
+                )
+            }),
+        );
+        let slowest = |c: Config| {
+            self.held
+                .iter()
+                .find(|(x, ..)| *x == c)
+                .map(|(_, _, cycles)| {
+                    cycles
+                        .iter()
+                        .map(|cy| cy.establish.as_secs_f64())
+                        .fold(0.0, f64::max)
+                })
+                .filter(|s| *s > 0.0)
+        };
+        row(
+            &format!(
+                "{} × 4 channels established in ≤ 1.5× HAProxy's time",
+                self.args.sessions
+            ),
+            slowest(Config::Kerbside)
+                .zip(slowest(Config::Relay))
+                .map(|(k, r)| {
+                    (
+                        format!("{:.2}× ({k:.1} s vs {r:.1} s)", k / r),
+                        k <= 1.5 * r,
+                    )
+                }),
+        );
+        row(
+            "a refused link (wrong token) ≤ 1 ms of proxy CPU",
+            self.failed_link_cpu
+                .iter()
+                .find(|(c, _)| *c == Config::Kerbside)
+                .map(|(_, k)| (format!("{k:.2} ms"), *k <= 1.0)),
+        );
+        let gib = |c: Config| {
+            self.cpu_per_gib
+                .iter()
+                .filter(|(_, s)| s.config == c)
+                .map(|(_, s)| s.p50)
+                .fold(None, |worst: Option<f64>, x| {
+                    Some(worst.map_or(x, |w| w.max(x)))
+                })
+        };
+        row(
+            "relay CPU per GiB ≤ HAProxy's",
+            gib(Config::Kerbside)
+                .zip(gib(Config::Relay))
+                .map(|(k, r)| (format!("{k:.3} s vs {r:.3} s (worst p50)"), k <= r)),
+        );
+        let _ = writeln!(o);
+    }
+
     fn render_targets(&self, o: &mut String) {
-        let _ = writeln!(o, "### Targets (issue 7)\n");
-        let _ = writeln!(o, "| target | measured | met |");
-        let _ = writeln!(o, "|---|---|---|");
+        targets_head(o, "Targets (issue 7)");
         let mut row = |name: &str, measured: String, met: Option<bool>| {
-            let met = match met {
-                Some(true) => "yes",
-                Some(false) => "**no**",
-                None => "not measured",
-            };
-            let _ = writeln!(o, "| {name} | {measured} | {met} |");
+            target_row(o, name, &measured, met);
         };
         let ratio = |series: &[Series]| {
             let k = Self::find(series, Config::Kerbside)?;
@@ -470,4 +636,21 @@ impl Report {
         }
         let _ = writeln!(o);
     }
+}
+
+/// The heading and header row of a targets table.
+fn targets_head(o: &mut String, title: &str) {
+    let _ = writeln!(o, "### {title}\n");
+    let _ = writeln!(o, "| target | measured | met |");
+    let _ = writeln!(o, "|---|---|---|");
+}
+
+/// One row of a targets table; `met` is `None` when the figure was not measured.
+fn target_row(o: &mut String, name: &str, measured: &str, met: Option<bool>) {
+    let met = match met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "not measured",
+    };
+    let _ = writeln!(o, "| {name} | {measured} | {met} |");
 }

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use actix_web::HttpResponse;
 use actix_web::http::header;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 use super::error::ApiError;
-use super::server::ApiState;
-use crate::db::models::{self, Console, NewAuditEvent, NewConsole};
+use super::state::ApiState;
+use crate::db::models::{self, AuditKind, Console, NewAuditEvent, NewConsole};
 use crate::nova::ConsoleConnectInfo;
 use crate::token::{generate_token, hash_token};
 use crate::vv::VvFile;
@@ -57,17 +57,31 @@ pub async fn exchange_nova_console(
     info: ConsoleConnectInfo,
     actor: &str,
 ) -> Result<HttpResponse, ApiError> {
+    let console = record_nova_console(state, &info).await?;
+    issue_vv(state, console, actor).await
+}
+
+/// Records (or updates) the console Nova described in the `nova` source.
+///
+/// # Errors
+/// Database failures.
+pub async fn record_nova_console(
+    state: &ApiState,
+    info: &ConsoleConnectInfo,
+) -> Result<Console, ApiError> {
     let new = NewConsole {
         source_id: models::SourceId(0),
         uuid: info.instance_uuid.clone(),
         name: info.instance_uuid.clone(),
         hypervisor: info.host.clone(),
-        hypervisor_ip: info.host.clone(),
+        // `[nova] console_host_map` may name another address to connect to.
+        hypervisor_ip: state.config.nova.console_address(&info.host).to_owned(),
         insecure_port: info.port.map(i32::from),
         secure_port: info.tls_port.map(i32::from),
         host_subject: None,
-        // libvirt spice-direct consoles have no SPICE password.
+        // libvirt's SPICE consoles have no SPICE password for kerbside to use.
         ticket: None,
+        firewall_profile: info.firewall_profile.clone(),
     };
     let console = state
         .db
@@ -89,19 +103,26 @@ pub async fn exchange_nova_console(
         tls_port = ?info.tls_port,
         "Nova console token exchanged"
     );
-    issue_vv(state, console, actor).await
+    Ok(console)
 }
 
-/// Mints a kerbside token for `console` (`[console] token_ttl`), audits it, and answers
-/// with the `.vv` file.
+/// A kerbside token just minted: the token itself (to hand out once) and its row.
+pub struct MintedToken {
+    /// The token.
+    pub token: SecretString,
+    /// Its row (expiry).
+    pub row: models::ConsoleToken,
+}
+
+/// Mints a kerbside token for `console` (`[console] token_ttl`) and audits it.
 ///
 /// # Errors
 /// Database failures.
-pub async fn issue_vv(
+pub async fn mint_token(
     state: &ApiState,
-    console: Console,
+    console: &Console,
     actor: &str,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<MintedToken, ApiError> {
     let token = generate_token();
     let hash = hash_token(token.expose_secret());
     let ttl = Duration::from_secs(state.config.console.token_ttl);
@@ -114,7 +135,7 @@ pub async fn issue_vv(
             let row = models::insert_token(conn, console_id, &hash, ttl)?;
             let event = NewAuditEvent::new(
                 node,
-                "token.created",
+                AuditKind::TokenCreated,
                 format!(
                     "token created through the API for {actor}, expires {}",
                     row.expires_at
@@ -126,6 +147,20 @@ pub async fn issue_vv(
             Ok(row)
         })
         .await?;
+    Ok(MintedToken { token, row })
+}
+
+/// Mints a kerbside token for `console` (`[console] token_ttl`), audits it, and answers
+/// with the `.vv` file.
+///
+/// # Errors
+/// Database failures.
+pub async fn issue_vv(
+    state: &ApiState,
+    console: Console,
+    actor: &str,
+) -> Result<HttpResponse, ApiError> {
+    let MintedToken { token, row } = mint_token(state, &console, actor).await?;
     let text = VvFile {
         host: &state.config.public_host(),
         port: state.config.public_insecure_port(),

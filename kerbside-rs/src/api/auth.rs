@@ -14,7 +14,7 @@ use secrecy::SecretString;
 
 use super::error::ApiError;
 use super::policy::Creds;
-use super::server::ApiState;
+use super::state::ApiState;
 use crate::keystone::TokenInfo;
 
 /// Who made the request.
@@ -32,7 +32,7 @@ pub struct Identity {
 
 impl Identity {
     /// The noauth identity: an administrator.
-    fn noauth() -> Self {
+    pub(crate) fn noauth() -> Self {
         Identity {
             token_info: None,
             token: None,
@@ -44,7 +44,7 @@ impl Identity {
         }
     }
 
-    fn from_token(info: Arc<TokenInfo>, token: SecretString) -> Self {
+    pub(crate) fn from_token(info: Arc<TokenInfo>, token: SecretString) -> Self {
         let mut values = HashMap::new();
         values.insert("user_id".to_owned(), info.user_id.clone());
         values.insert("user_name".to_owned(), info.user_name.clone());
@@ -105,7 +105,7 @@ impl FromRequest for Identity {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty());
         Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError::Internal("API state missing".to_owned()))?;
+            let state = state.ok_or_else(|| ApiError::internal("API state missing"))?;
             let Some(validator) = &state.validator else {
                 return Ok(Identity::noauth());
             };

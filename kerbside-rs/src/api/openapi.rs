@@ -13,7 +13,7 @@ use super::error::{ErrorBody, ErrorDetail};
     info(
         title = "kerbside",
         description = "SPICE console proxy for OpenStack: Nova spice-direct token exchange, \
-                       the operator API and the broker call for dashboards.",
+                       browser consoles, the operator API and the broker call for dashboards.",
         license(name = "Apache-2.0")
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -21,6 +21,7 @@ use super::error::{ErrorBody, ErrorDetail};
     tags(
         (name = "versions", description = "API versions and health"),
         (name = "nova", description = "Nova spice-direct console token exchange"),
+        (name = "html5", description = "Browser consoles: the spice-html5 page for Nova spice-html5 and kerbside console tokens"),
         (name = "sources", description = "Console sources"),
         (name = "consoles", description = "Consoles and their audit events"),
         (name = "sessions", description = "Proxy sessions"),
@@ -177,7 +178,7 @@ mod tests {
                     .and_then(|l| l.split_once(": "))
                     && !key.chars().all(|c| c.is_ascii_digit())
                     && line.trim_start().starts_with("- ")
-                    && !["nova_token"].contains(&key.trim())
+                    && !["nova_token", "html5_token", "html5_unavailable"].contains(&key.trim())
                 {
                     assert!(
                         params.contains_key(key.trim()),

@@ -164,28 +164,29 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Check, PolicyError> {
-        let mut parts = vec![self.and()?];
-        while self.peek() == Some(&Tok::Or) {
-            self.pos += 1;
-            parts.push(self.and()?);
-        }
-        Ok(if parts.len() == 1 {
-            parts.remove(0)
-        } else {
-            Check::Or(parts)
-        })
+        self.joined(&Tok::Or, Self::and, Check::Or)
     }
 
     fn and(&mut self) -> Result<Check, PolicyError> {
-        let mut parts = vec![self.not()?];
-        while self.peek() == Some(&Tok::And) {
+        self.joined(&Tok::And, Self::not, Check::And)
+    }
+
+    /// `operand (op operand)*`: a lone operand as it is, else `join` of them all.
+    fn joined(
+        &mut self,
+        op: &Tok,
+        operand: fn(&mut Self) -> Result<Check, PolicyError>,
+        join: fn(Vec<Check>) -> Check,
+    ) -> Result<Check, PolicyError> {
+        let mut parts = vec![operand(self)?];
+        while self.peek() == Some(op) {
             self.pos += 1;
-            parts.push(self.not()?);
+            parts.push(operand(self)?);
         }
         Ok(if parts.len() == 1 {
             parts.remove(0)
         } else {
-            Check::And(parts)
+            join(parts)
         })
     }
 

@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use super::section::section;
+use super::section::{Section, section};
+use super::validation::Validator;
 
 section! {
     /// Console tokens and sources.
@@ -14,5 +15,15 @@ section! {
         sources_file: Option<PathBuf>,
         /// Seconds between checks of sources_file for changes.
         sources_refresh_interval: u64 = "5",
+    }
+}
+
+impl ConsoleSection {
+    /// Checks that tokens live at least a second and that sources_file can be opened (its
+    /// contents are checked when it is loaded, and by `kerbside-manage config check`).
+    pub fn validate(&self, validator: &mut Validator<'_>) {
+        let mut check = validator.section(Self::NAME);
+        check.at_least_one_second("token_ttl", self.token_ttl);
+        check.readable("sources_file", self.sources_file.as_deref());
     }
 }

@@ -1,36 +1,50 @@
 //! Configuration: oslo-style INI files turned into typed, validated sections.
 //!
 //! Owns the option declarations (one file per section, each option's type, default and help
-//! written once), loading `--config-file`/`--config-dir` in order, validation that names file,
-//! line and option, and the annotated sample. It does not open databases, sockets or
-//! certificates: components validate what only they can check when they start.
+//! written once, and the section's cross-option checks in its `validate` if it has any),
+//! reading `--config-file`/`--config-dir` in order (`source`), typing the values (`section`,
+//! `value`), validation that names file, line and option (`validation`), and the annotated
+//! sample (`sample`). The sections are listed once, in the `sections!` call below, which declares
+//! [`Config`] and the order sections are loaded in and written to the sample; checks that
+//! span sections live in `Config::validate`.
+//!
+//! Validation only tries to open the files that options name; it does not parse certificates
+//! or keys, connect to databases or brokers, or bind sockets: components check what only they
+//! can when they start, and `kerbside-manage config check` runs some of those checks too
+//! (`crate::checks`).
 
 pub mod api;
 pub mod auth;
 pub mod console;
 pub mod database;
 pub mod default;
+pub mod firewall;
+pub mod html5;
 pub mod metrics;
 pub mod notifications;
 pub mod proxy;
 pub mod sample;
 pub mod section;
 pub mod source;
+pub mod validation;
 pub mod value;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use api::{ApiSection, AuthStrategy};
-pub use auth::{AuthType, Interface, KeystoneAuthSection, NovaSection};
+pub use auth::{AuthType, ConsoleHostMapping, Interface, KeystoneAuthSection, NovaSection};
 pub use console::ConsoleSection;
 pub use database::DatabaseSection;
 pub use default::DefaultSection;
+pub use firewall::{FirewallMode, FirewallSection};
+pub use html5::Html5Section;
 pub use metrics::MetricsSection;
 pub use notifications::{NotificationsSection, OsloMessagingNotificationsSection, QueueType};
 pub use proxy::{HypervisorTls, ProxySection};
 pub use section::{Loader, OptionSpec, Section};
 pub use source::{Location, RawConfig};
+pub use validation::{SectionValidator, Validator};
 pub use value::Secret;
 
 /// The configuration file read when neither `--config-file` nor `--config-dir` is given.
@@ -117,7 +131,9 @@ impl fmt::Display for ConfigProblem {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n  "))]
 pub struct ConfigError {
-    /// Every problem, in file order.
+    /// Every problem: those found reading the files (in file order) and loading each
+    /// section's options (in section order), or, when everything loaded, those found by
+    /// validation.
     pub problems: Vec<ConfigProblem>,
     /// Warnings found along the way (unknown options and sections).
     pub warnings: Vec<ConfigProblem>,
@@ -174,31 +190,60 @@ impl ConfigSources {
     }
 }
 
-/// The whole configuration, typed and validated.
-#[derive(Clone, Debug)]
-pub struct Config {
+/// Declares [`Config`] with one field per section, and the functions that go through every
+/// section: [`all_sections`] and `Config::load_sections`. The sections are listed once, in the
+/// order they are loaded and written to the sample.
+macro_rules! sections {
+    ($( $(#[doc = $doc:literal])* $field:ident: $ty:ty, )*) => {
+        /// The whole configuration, typed and validated.
+        #[derive(Clone, Debug)]
+        pub struct Config {
+            $( $(#[doc = $doc])* pub $field: $ty, )*
+            /// The files it was read from, in order.
+            pub files: Vec<PathBuf>,
+        }
+
+        /// Every section's name, help and options, in sample order.
+        pub fn all_sections() -> Vec<(&'static str, &'static str, Vec<OptionSpec>)> {
+            vec![$( (<$ty>::NAME, <$ty>::HELP, <$ty>::specs()), )*]
+        }
+
+        impl Config {
+            /// Loads every section, in order, even after one failed, so that the loader
+            /// records every problem and knows every option. `None` when any option failed.
+            fn load_sections(loader: &mut Loader<'_>, files: Vec<PathBuf>) -> Option<Config> {
+                $( let $field = <$ty>::load(loader); )*
+                Some(Config { $( $field: $field?, )* files })
+            }
+        }
+    };
+}
+
+sections! {
     /// `[DEFAULT]`
-    pub default: DefaultSection,
+    default: DefaultSection,
     /// `[api]`
-    pub api: ApiSection,
+    api: ApiSection,
     /// `[proxy]`
-    pub proxy: ProxySection,
+    proxy: ProxySection,
     /// `[database]`
-    pub database: DatabaseSection,
+    database: DatabaseSection,
     /// `[keystone_authtoken]`
-    pub keystone_authtoken: KeystoneAuthSection,
+    keystone_authtoken: KeystoneAuthSection,
     /// `[nova]`
-    pub nova: NovaSection,
+    nova: NovaSection,
     /// `[console]`
-    pub console: ConsoleSection,
+    console: ConsoleSection,
     /// `[oslo_messaging_notifications]`
-    pub oslo_messaging_notifications: OsloMessagingNotificationsSection,
+    oslo_messaging_notifications: OsloMessagingNotificationsSection,
     /// `[notifications]`
-    pub notifications: NotificationsSection,
+    notifications: NotificationsSection,
     /// `[metrics]`
-    pub metrics: MetricsSection,
-    /// The files it was read from, in order.
-    pub files: Vec<PathBuf>,
+    metrics: MetricsSection,
+    /// `[firewall]`
+    firewall: FirewallSection,
+    /// `[html5]`
+    html5: Html5Section,
 }
 
 /// A configuration that loaded, with the warnings found (unknown options and sections).
@@ -210,23 +255,34 @@ pub struct Loaded {
     pub warnings: Vec<ConfigProblem>,
 }
 
-/// Every section's name, help and options, in sample order.
-pub fn all_sections() -> Vec<(&'static str, &'static str, Vec<OptionSpec>)> {
-    fn entry<S: Section>() -> (&'static str, &'static str, Vec<OptionSpec>) {
-        (S::NAME, S::HELP, S::specs())
-    }
-    vec![
-        entry::<DefaultSection>(),
-        entry::<ApiSection>(),
-        entry::<ProxySection>(),
-        entry::<DatabaseSection>(),
-        entry::<KeystoneAuthSection>(),
-        entry::<NovaSection>(),
-        entry::<ConsoleSection>(),
-        entry::<OsloMessagingNotificationsSection>(),
-        entry::<NotificationsSection>(),
-        entry::<MetricsSection>(),
-    ]
+/// Warnings for what no section declares: unknown sections, then unknown options of known
+/// sections. `loader` must have loaded every section.
+fn unknown_names(raw: &RawConfig, loader: &Loader<'_>) -> Vec<ConfigProblem> {
+    let sections = raw
+        .sections()
+        .filter(|(section, _)| !loader.is_known_section(section))
+        .map(|(section, location)| {
+            ConfigProblem::at(
+                location.clone(),
+                Some(section.to_owned()),
+                None,
+                "unknown section (ignored)".to_owned(),
+            )
+        });
+    let options = raw
+        .all_keys()
+        .filter(|(section, option, _)| {
+            loader.is_known_section(section) && !loader.is_known(section, option)
+        })
+        .map(|(section, option, location)| {
+            ConfigProblem::at(
+                location.clone(),
+                Some(section.to_owned()),
+                Some(option.to_owned()),
+                "unknown option (ignored)".to_owned(),
+            )
+        });
+    sections.chain(options).collect()
 }
 
 impl Config {
@@ -243,233 +299,68 @@ impl Config {
     }
 
     /// Builds the configuration from already-read text (used by tests and `load`).
+    /// `problems` are those found while reading it; they are reported first.
     ///
     /// # Errors
-    /// As [`Config::load`].
+    /// As [`Config::load`]. Values are only checked against one another once every option
+    /// has loaded and there were no reading problems, so an error holds either reading and
+    /// loading problems or validation problems, never both.
     pub fn from_raw(
         raw: RawConfig,
         mut problems: Vec<ConfigProblem>,
     ) -> Result<Loaded, ConfigError> {
-        let mut loader = Loader::new(&raw);
-        let default = DefaultSection::load(&mut loader);
-        let api = ApiSection::load(&mut loader);
-        let proxy = ProxySection::load(&mut loader);
-        let database = DatabaseSection::load(&mut loader);
-        let keystone_authtoken = KeystoneAuthSection::load(&mut loader);
-        let nova = NovaSection::load(&mut loader);
-        let console = ConsoleSection::load(&mut loader);
-        let oslo_messaging_notifications = OsloMessagingNotificationsSection::load(&mut loader);
-        let notifications = NotificationsSection::load(&mut loader);
-        let metrics = MetricsSection::load(&mut loader);
-
-        let mut warnings = Vec::new();
-        for (section, location) in raw.sections() {
-            if !loader.is_known_section(section) {
-                warnings.push(ConfigProblem::at(
-                    location.clone(),
-                    Some(section.to_owned()),
-                    None,
-                    "unknown section (ignored)".to_owned(),
-                ));
-            }
-        }
-        for (section, option, location) in raw.all_keys() {
-            if loader.is_known_section(section) && !loader.is_known(section, option) {
-                warnings.push(ConfigProblem::at(
-                    location.clone(),
-                    Some(section.to_owned()),
-                    Some(option.to_owned()),
-                    "unknown option (ignored)".to_owned(),
-                ));
-            }
-        }
+        let mut loader = Loader::new(&raw, DefaultSection::specs());
+        let config = Self::load_sections(&mut loader, raw.files.clone());
+        let warnings = unknown_names(&raw, &loader);
         problems.append(&mut loader.problems);
-
-        let config = match (
-            default,
-            api,
-            proxy,
-            database,
-            keystone_authtoken,
-            nova,
-            console,
-            oslo_messaging_notifications,
-            notifications,
-            metrics,
-        ) {
-            (
-                Some(default),
-                Some(api),
-                Some(proxy),
-                Some(database),
-                Some(keystone_authtoken),
-                Some(nova),
-                Some(console),
-                Some(oslo_messaging_notifications),
-                Some(notifications),
-                Some(metrics),
-            ) if problems.is_empty() => Config {
-                default,
-                api,
-                proxy,
-                database,
-                keystone_authtoken,
-                nova,
-                console,
-                oslo_messaging_notifications,
-                notifications,
-                metrics,
-                files: raw.files.clone(),
-            },
+        let config = match config {
+            Some(config) if problems.is_empty() => config,
             _ => return Err(ConfigError { problems, warnings }),
         };
-        let validation = config.validate(&raw);
-        if validation.is_empty() {
+        let problems = config.validate(&raw);
+        if problems.is_empty() {
             Ok(Loaded { config, warnings })
         } else {
-            Err(ConfigError {
-                problems: validation,
-                warnings,
-            })
+            Err(ConfigError { problems, warnings })
         }
     }
 
-    /// Checks that values fit together; single options were checked by their types.
+    /// Checks that values fit together; single options were checked by their types. Each
+    /// section checks its own options (its `validate`); the checks that span sections are
+    /// here. The order of the calls is the order problems are reported in.
     fn validate(&self, raw: &RawConfig) -> Vec<ConfigProblem> {
-        let mut problems = Vec::new();
-        let at = |section: &str, option: &str| {
-            raw.values(section, option)
-                .last()
-                .map(|v| v.location.clone())
-        };
-        let p = &self.proxy;
-        // A missing partner option has no line of its own: point at the one that is set.
-        match (&p.cert_file, &p.key_file) {
-            (Some(_), None) => problems.push(ConfigProblem::option(
-                "proxy",
-                "key_file",
-                at("proxy", "cert_file"),
-                "cert_file is set, so key_file must be set too".to_owned(),
-            )),
-            (None, Some(_)) => problems.push(ConfigProblem::option(
-                "proxy",
-                "cert_file",
-                at("proxy", "key_file"),
-                "key_file is set, so cert_file must be set too".to_owned(),
-            )),
-            _ => {}
-        }
-        let mut problem = |section: &str, option: &str, message: String| {
-            problems.push(ConfigProblem::option(
-                section,
-                option,
-                at(section, option),
-                message,
-            ));
-        };
-        for (option, path) in [
-            ("cert_file", &p.cert_file),
-            ("key_file", &p.key_file),
-            ("ca_file", &p.ca_file),
-            ("hypervisor_ca_file", &p.hypervisor_ca_file),
-        ] {
-            if let Some(path) = path
-                && let Err(e) = std::fs::File::open(path)
-            {
-                problem(
-                    "proxy",
-                    option,
-                    format!("cannot read {}: {e}", path.display()),
-                );
+        let mut validator = Validator::new(raw);
+        self.proxy.validate(&mut validator);
+        self.html5.validate(&mut validator);
+        self.console.validate(&mut validator);
+        self.database.validate(&mut validator);
+        if let Some((section, url)) = self.notification_transport() {
+            let message = match url::Url::parse(url.expose()) {
+                Ok(u) if matches!(u.scheme(), "rabbit" | "amqp" | "amqps") => None,
+                Ok(u) => Some(format!(
+                    "unsupported scheme '{}': expected rabbit://",
+                    u.scheme()
+                )),
+                Err(e) => Some(format!("invalid URL: {e}")),
+            };
+            if let Some(message) = message {
+                validator.section(section).problem("transport_url", message);
             }
         }
-        if p.tls_port != 0 && p.tls_port == p.insecure_port {
-            problem(
-                "proxy",
-                "insecure_port",
-                format!("must differ from tls_port ({})", p.tls_port),
-            );
-        }
-        if p.bind_host.is_empty() {
-            problem(
-                "proxy",
-                "bind_host",
-                "at least one address is required".to_owned(),
-            );
-        }
-        if p.handshake_timeout == 0 {
-            problem(
-                "proxy",
-                "handshake_timeout",
-                "must be at least 1 second".to_owned(),
-            );
-        }
-        if p.max_sessions == 0 {
-            problem("proxy", "max_sessions", "must be at least 1".to_owned());
-        }
-        if p.key_pool_size == 0 {
-            problem("proxy", "key_pool_size", "must be at least 1".to_owned());
-        }
-        if let Some(subject) = &p.host_subject
-            && let Err(e) = crate::tlsutil::parse_host_subject(subject)
+        self.keystone_authtoken.validate(&mut validator);
+        self.nova.validate(&mut validator);
+        // The service user is only needed to validate users' tokens.
+        let k = &self.keystone_authtoken;
+        if self.api.auth_strategy == AuthStrategy::Keystone
+            && k.auth_url.is_some()
+            && (k.username.is_none() || k.password.is_none())
         {
-            problem("proxy", "host_subject", e);
-        }
-        if self.console.token_ttl == 0 {
-            problem(
-                "console",
-                "token_ttl",
-                "must be at least 1 second".to_owned(),
+            validator.section(KeystoneAuthSection::NAME).problem(
+                "username",
+                "auth_url is set, so username and password must be set too",
             );
         }
-        if let Some(path) = &self.console.sources_file
-            && let Err(e) = std::fs::File::open(path)
-        {
-            problem(
-                "console",
-                "sources_file",
-                format!("cannot read {}: {e}", path.display()),
-            );
-        }
-        if self.database.max_pool_size == 0 {
-            problem("database", "max_pool_size", "must be at least 1".to_owned());
-        }
-        if let Some(url) = self.notification_transport_url() {
-            match url::Url::parse(url.expose()) {
-                Ok(u) if matches!(u.scheme(), "rabbit" | "amqp" | "amqps") => {}
-                Ok(u) => {
-                    let section = if self.oslo_messaging_notifications.transport_url.is_some() {
-                        "oslo_messaging_notifications"
-                    } else {
-                        "DEFAULT"
-                    };
-                    problem(
-                        section,
-                        "transport_url",
-                        format!("unsupported scheme '{}': expected rabbit://", u.scheme()),
-                    );
-                }
-                Err(e) => {
-                    let section = if self.oslo_messaging_notifications.transport_url.is_some() {
-                        "oslo_messaging_notifications"
-                    } else {
-                        "DEFAULT"
-                    };
-                    problem(section, "transport_url", format!("invalid URL: {e}"));
-                }
-            }
-        }
-        if self.api.auth_strategy == AuthStrategy::Keystone {
-            let k = &self.keystone_authtoken;
-            if k.auth_url.is_some() && (k.username.is_none() || k.password.is_none()) {
-                problem(
-                    "keystone_authtoken",
-                    "username",
-                    "auth_url is set, so username and password must be set too".to_owned(),
-                );
-            }
-        }
-        problems
+        validator.into_problems()
     }
 
     /// This node's name: `[DEFAULT] node_name`, else the host name.
@@ -497,12 +388,44 @@ impl Config {
             .unwrap_or(self.proxy.insecure_port)
     }
 
+    /// The WebSocket URL browsers connect to: `[html5] public_url`, else `wss://` (`ws://`
+    /// with `insecure_websocket`) on the proxy's public host and `[html5] bind_port`.
+    pub fn html5_websocket_url(&self) -> String {
+        match &self.html5.public_url {
+            Some(url) => url.to_string(),
+            None => {
+                let scheme = if self.html5.insecure_websocket {
+                    "ws"
+                } else {
+                    "wss"
+                };
+                let host = self.public_host();
+                let host = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                format!("{scheme}://{host}:{}/", self.html5.bind_port)
+            }
+        }
+    }
+
     /// The messaging URL for notifications, if any.
     pub fn notification_transport_url(&self) -> Option<&Secret> {
-        self.oslo_messaging_notifications
-            .transport_url
-            .as_ref()
-            .or(self.default.transport_url.as_ref())
+        self.notification_transport().map(|(_, url)| url)
+    }
+
+    /// The messaging URL for notifications and the section it is set in:
+    /// `[oslo_messaging_notifications] transport_url`, else `[DEFAULT] transport_url`.
+    fn notification_transport(&self) -> Option<(&'static str, &Secret)> {
+        match (
+            &self.oslo_messaging_notifications.transport_url,
+            &self.default.transport_url,
+        ) {
+            (Some(url), _) => Some((OsloMessagingNotificationsSection::NAME, url)),
+            (None, Some(url)) => Some((DefaultSection::NAME, url)),
+            (None, None) => None,
+        }
     }
 }
 

@@ -1,6 +1,11 @@
 //! Typed sections: the `section!` macro that declares a section's options once (type, default
 //! and help text), and the [`Loader`] that turns raw values into those types while collecting
 //! every problem.
+//!
+//! It knows no section itself (the sections are declared with its macro, in their own files):
+//! the caller hands [`Loader::new`] the `[DEFAULT]` option specs that `$name` substitution
+//! falls back to. Checks that span options are each section's `validate` (in its own file,
+//! with `super::validation`'s helpers); checks that span sections are [`super::Config`]'s.
 
 use std::collections::BTreeSet;
 
@@ -39,17 +44,23 @@ pub trait Section: Sized {
 
 /// Turns raw values into typed ones, remembering which options are known and every problem.
 pub struct Loader<'a> {
+    /// The values read from the files.
     raw: &'a RawConfig,
+    /// The `[DEFAULT]` section's options: `$name` substitution falls back to their defaults.
+    defaults: Vec<OptionSpec>,
     /// Every problem found so far.
     pub problems: Vec<ConfigProblem>,
+    /// Every `(section, option)` read so far, to find the unknown ones.
     known: BTreeSet<(String, String)>,
 }
 
 impl<'a> Loader<'a> {
-    /// A loader over the given raw configuration.
-    pub fn new(raw: &'a RawConfig) -> Self {
+    /// A loader over the given raw configuration. `defaults` are the `[DEFAULT]` section's
+    /// option specs (the loader does not know the sections; the caller does).
+    pub fn new(raw: &'a RawConfig, defaults: Vec<OptionSpec>) -> Self {
         Loader {
             raw,
+            defaults,
             problems: Vec::new(),
             known: BTreeSet::new(),
         }
@@ -108,9 +119,13 @@ impl<'a> Loader<'a> {
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let location = values.last().map(|v| v.location.clone());
         T::parse_all(&refs)
-            .map_err(|message| {
-                self.problems
-                    .push(ConfigProblem::option(section, option, location, message));
+            .map_err(|error| {
+                self.problems.push(ConfigProblem::option(
+                    section,
+                    option,
+                    location,
+                    error.to_string(),
+                ));
             })
             .ok()
     }
@@ -170,7 +185,7 @@ impl<'a> Loader<'a> {
                     )
                 }
             };
-            match default_value_text(self.raw, name) {
+            match self.default_value_text(name) {
                 Some(value) if !name.is_empty() => {
                     out.push_str(&value);
                     rest = tail;
@@ -184,17 +199,18 @@ impl<'a> Loader<'a> {
         out.push_str(rest);
         out
     }
-}
 
-/// The text of a `[DEFAULT] option` for substitution: its last value, else its declared default.
-fn default_value_text(raw: &RawConfig, name: &str) -> Option<String> {
-    if let Some(v) = raw.values("DEFAULT", name).last() {
-        return Some(v.text.clone());
+    /// The text of a `[DEFAULT] option` for substitution: its last value, else its declared
+    /// default.
+    fn default_value_text(&self, name: &str) -> Option<String> {
+        if let Some(v) = self.raw.values("DEFAULT", name).last() {
+            return Some(v.text.clone());
+        }
+        self.defaults
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.default.map(str::to_owned))
     }
-    super::default::DefaultSection::specs()
-        .into_iter()
-        .find(|s| s.name == name)
-        .and_then(|s| s.default.map(str::to_owned))
 }
 
 /// Declares a configuration section: a struct whose fields are the options. The doc comment of

@@ -249,3 +249,150 @@ fn committed_sample_matches_the_declarations() {
         "etc/kerbside/kerbside.conf.sample is out of date: run `kerbside-manage config sample > etc/kerbside/kerbside.conf.sample`"
     );
 }
+
+#[test]
+fn nova_console_host_map_maps_names_to_addresses() {
+    let loaded = load(&[(
+        "a.conf",
+        "[nova]\nconsole_host_map = compute1.example.com:192.0.2.11, compute2:2001:db8::2\n",
+    )])
+    .unwrap();
+    let nova = &loaded.config.nova;
+    assert_eq!(nova.console_address("compute1.example.com"), "192.0.2.11");
+    assert_eq!(nova.console_address("compute2"), "2001:db8::2");
+    assert_eq!(nova.console_address("compute3"), "compute3");
+    let errs = errors(&[("b.conf", "[nova]\nconsole_host_map = compute1\n")]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(errs[0].contains("expected NOVA_HOST:ADDRESS"), "{errs:?}");
+    assert!(errs[0].contains("console_host_map"), "{errs:?}");
+}
+
+#[test]
+fn every_validation_problem_is_reported_in_order() {
+    // One file that breaks every cross-option check, so the order and wording of the
+    // messages (and the line each points at) are pinned down.
+    let text = "\
+[DEFAULT]
+transport_url = http://guest@h/
+[proxy]
+cert_file = /nonexistent/cert.pem
+ca_file = /nonexistent/ca.pem
+hypervisor_ca_file = /nonexistent/hv.pem
+tls_port = 7000
+insecure_port = 7000
+bind_host =
+handshake_timeout = 0
+max_sessions = 0
+max_handshakes = 0
+max_handshakes_per_address = 0
+failed_links_per_minute = 0
+key_pool_size = 0
+ticket_key_uses = 0
+ticket_key_lifetime = 0
+host_subject = CN=a\\x
+[html5]
+enabled = true
+public_url = http://browser.example/
+bind_host =
+allowed_origins = bad host, ftp://x.example, good.example
+[console]
+token_ttl = 0
+sources_file = /nonexistent/sources.yaml
+[database]
+max_pool_size = 0
+pool_timeout = 0
+write_queue_size = 0
+[keystone_authtoken]
+auth_url = http://keystone.example/
+http_connect_timeout = 0
+http_request_timeout = 0
+[nova]
+timeout = 0
+connect_timeout = 0
+";
+    assert_eq!(
+        errors(&[("k.conf", text)]),
+        [
+            "k.conf:4: [proxy] key_file: cert_file is set, so key_file must be set too",
+            "k.conf:4: [proxy] cert_file: cannot read /nonexistent/cert.pem: No such file or directory (os error 2)",
+            "k.conf:5: [proxy] ca_file: cannot read /nonexistent/ca.pem: No such file or directory (os error 2)",
+            "k.conf:6: [proxy] hypervisor_ca_file: cannot read /nonexistent/hv.pem: No such file or directory (os error 2)",
+            "k.conf:8: [proxy] insecure_port: must differ from tls_port (7000)",
+            "k.conf:9: [proxy] bind_host: at least one address is required",
+            "k.conf:10: [proxy] handshake_timeout: must be at least 1 second",
+            "k.conf:11: [proxy] max_sessions: must be at least 1",
+            "k.conf:12: [proxy] max_handshakes: must be at least 1",
+            "k.conf:13: [proxy] max_handshakes_per_address: must be at least 1",
+            "k.conf:14: [proxy] failed_links_per_minute: must be at least 1 while failed_link_burst is set",
+            "k.conf:15: [proxy] key_pool_size: must be at least 1",
+            "k.conf:16: [proxy] ticket_key_uses: must be at least 1",
+            "k.conf:17: [proxy] ticket_key_lifetime: must be at least 1",
+            "k.conf:18: [proxy] host_subject: invalid host subject: invalid escape: only \\, and \\\\ are allowed",
+            "k.conf:21: [html5] public_url: must be a ws:// or wss:// URL, not http://",
+            "k.conf:22: [html5] bind_host: at least one address is required",
+            "k.conf:23: [html5] allowed_origins: 'bad host' is neither a host name nor an origin such as https://host",
+            "k.conf:23: [html5] allowed_origins: 'ftp://x.example' is neither a host name nor an origin such as https://host",
+            "k.conf:25: [console] token_ttl: must be at least 1 second",
+            "k.conf:26: [console] sources_file: cannot read /nonexistent/sources.yaml: No such file or directory (os error 2)",
+            "k.conf:28: [database] max_pool_size: must be at least 1",
+            "k.conf:29: [database] pool_timeout: must be at least 1 second",
+            "k.conf:30: [database] write_queue_size: must be at least 1",
+            "k.conf:2: [DEFAULT] transport_url: unsupported scheme 'http': expected rabbit://",
+            "k.conf:33: [keystone_authtoken] http_connect_timeout: must be at least 1 second",
+            "k.conf:34: [keystone_authtoken] http_request_timeout: must be at least 1 second",
+            "k.conf:36: [nova] timeout: must be at least 1 second",
+            "k.conf:37: [nova] connect_timeout: must be at least 1 second",
+            "[keystone_authtoken] username: auth_url is set, so username and password must be set too",
+        ]
+    );
+}
+
+#[test]
+fn validation_points_at_the_option_that_is_set() {
+    assert_eq!(
+        errors(&[("k.conf", "[proxy]\nkey_file = /nonexistent/key.pem\n")]),
+        [
+            "k.conf:2: [proxy] cert_file: key_file is set, so cert_file must be set too",
+            "k.conf:2: [proxy] key_file: cannot read /nonexistent/key.pem: No such file or directory (os error 2)",
+        ]
+    );
+    assert_eq!(
+        errors(&[(
+            "k.conf",
+            "[DEFAULT]\ntransport_url = rabbit://h/\n[oslo_messaging_notifications]\ntransport_url = ::\n",
+        )]),
+        [
+            "k.conf:4: [oslo_messaging_notifications] transport_url: invalid URL: relative URL without a base"
+        ]
+    );
+    // Without Keystone auth the service user is not needed; html5 options are only checked
+    // while html5 is enabled.
+    assert!(
+        load(&[(
+            "k.conf",
+            "[api]\nauth_strategy = noauth\n[keystone_authtoken]\nauth_url = http://k/\n[html5]\nbind_host =\npublic_url = http://x/\n",
+        )])
+        .is_ok()
+    );
+}
+
+#[test]
+fn loading_problems_come_after_syntax_problems_in_section_order() {
+    // Read problems first, then each section's in declaration order (not file order);
+    // validation does not run while any option failed to load.
+    assert_eq!(
+        errors(&[
+            ("a.conf", "[proxy]\nno equals sign\n"),
+            (
+                "b.conf",
+                "[html5]\nbind_port = x\n[proxy]\ntls_port = x\nhandshake_timeout = 0\n[DEFAULT]\ndebug = maybe\n",
+            ),
+        ]),
+        [
+            "a.conf:2: [proxy]: expected 'name = value' or '[section]', found 'no equals sign'",
+            "b.conf:7: [DEFAULT] debug: invalid boolean 'maybe': expected true or false",
+            "b.conf:4: [proxy] tls_port: invalid port value 'x': expected a whole number from 0 to 65535",
+            "b.conf:2: [html5] bind_port: invalid port value 'x': expected a whole number from 0 to 65535",
+        ]
+    );
+}

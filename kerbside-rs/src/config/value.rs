@@ -10,6 +10,37 @@ use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
 
+/// Why one option value was refused. The words say what was expected; a secret's text is
+/// never part of them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// The option has no value and no default, and its type cannot be absent.
+    #[error("a value is required")]
+    Required,
+    /// The value is empty where the type needs text.
+    #[error("expected {expected}, got an empty value")]
+    Empty {
+        /// What kind of text was expected.
+        expected: &'static str,
+    },
+    /// An empty secret.
+    #[error("an empty secret is not allowed: remove the option or set a value")]
+    EmptySecret,
+    /// The text is not a value of the option's type.
+    #[error("invalid {kind} '{raw}': expected {expected}")]
+    Invalid {
+        /// The type, in the sample's words ("port value").
+        kind: &'static str,
+        /// The text given (never a secret: secret types do not produce this variant).
+        raw: String,
+        /// What would have been accepted.
+        expected: String,
+    },
+    /// A URL that does not parse.
+    #[error("invalid URL: {0}")]
+    Url(#[source] url::ParseError),
+}
+
 /// A type an option can have. `parse` turns the INI text into the value; `absent` says what an
 /// option with no value and no default becomes (an error for required options).
 pub trait OptValue: Sized {
@@ -24,13 +55,13 @@ pub trait OptValue: Sized {
     ///
     /// # Errors
     /// A message saying what was expected, without repeating a secret value.
-    fn parse(raw: &str) -> Result<Self, String>;
+    fn parse(raw: &str) -> Result<Self, ValueError>;
 
     /// Parses all the values given for a multi-valued option (only called when `MULTI`).
     ///
     /// # Errors
     /// As [`OptValue::parse`].
-    fn parse_all(raws: &[&str]) -> Result<Self, String> {
+    fn parse_all(raws: &[&str]) -> Result<Self, ValueError> {
         match raws.last() {
             Some(raw) => Self::parse(raw),
             None => Self::absent(),
@@ -41,8 +72,8 @@ pub trait OptValue: Sized {
     ///
     /// # Errors
     /// "a value is required" for types that cannot be absent.
-    fn absent() -> Result<Self, String> {
-        Err("a value is required".to_owned())
+    fn absent() -> Result<Self, ValueError> {
+        Err(ValueError::Required)
     }
 
     /// Extra words the sample adds after the kind (choices, ranges).
@@ -53,16 +84,18 @@ pub trait OptValue: Sized {
 
 impl OptValue for String {
     const KIND: &'static str = "string value";
-    fn parse(raw: &str) -> Result<Self, String> {
+    fn parse(raw: &str) -> Result<Self, ValueError> {
         Ok(raw.to_owned())
     }
 }
 
 impl OptValue for PathBuf {
     const KIND: &'static str = "path value";
-    fn parse(raw: &str) -> Result<Self, String> {
+    fn parse(raw: &str) -> Result<Self, ValueError> {
         if raw.is_empty() {
-            return Err("expected a file system path, got an empty value".to_owned());
+            return Err(ValueError::Empty {
+                expected: "a file system path",
+            });
         }
         Ok(PathBuf::from(raw))
     }
@@ -70,12 +103,16 @@ impl OptValue for PathBuf {
 
 impl OptValue for bool {
     const KIND: &'static str = "boolean value";
-    fn parse(raw: &str) -> Result<Self, String> {
+    fn parse(raw: &str) -> Result<Self, ValueError> {
         // oslo.config accepts these spellings, case-insensitively.
         match raw.to_ascii_lowercase().as_str() {
             "true" | "yes" | "on" | "1" => Ok(true),
             "false" | "no" | "off" | "0" => Ok(false),
-            _ => Err(format!("invalid boolean '{raw}': expected true or false")),
+            _ => Err(ValueError::Invalid {
+                kind: "boolean",
+                raw: raw.to_owned(),
+                expected: "true or false".to_owned(),
+            }),
         }
     }
 }
@@ -84,14 +121,11 @@ macro_rules! int_value {
     ($t:ty, $kind:literal) => {
         impl OptValue for $t {
             const KIND: &'static str = $kind;
-            fn parse(raw: &str) -> Result<Self, String> {
-                raw.parse::<$t>().map_err(|_| {
-                    format!(
-                        "invalid {} '{raw}': expected a whole number from {} to {}",
-                        $kind,
-                        <$t>::MIN,
-                        <$t>::MAX
-                    )
+            fn parse(raw: &str) -> Result<Self, ValueError> {
+                raw.parse::<$t>().map_err(|_| ValueError::Invalid {
+                    kind: $kind,
+                    raw: raw.to_owned(),
+                    expected: format!("a whole number from {} to {}", <$t>::MIN, <$t>::MAX),
                 })
             }
         }
@@ -103,17 +137,19 @@ int_value!(u64, "integer value");
 
 impl OptValue for IpAddr {
     const KIND: &'static str = "IP address value";
-    fn parse(raw: &str) -> Result<Self, String> {
-        raw.parse().map_err(|_| {
-            format!("invalid IP address '{raw}': expected e.g. 0.0.0.0, :: or 192.0.2.10")
+    fn parse(raw: &str) -> Result<Self, ValueError> {
+        raw.parse().map_err(|_| ValueError::Invalid {
+            kind: "IP address",
+            raw: raw.to_owned(),
+            expected: "e.g. 0.0.0.0, :: or 192.0.2.10".to_owned(),
         })
     }
 }
 
 impl OptValue for url::Url {
     const KIND: &'static str = "URI value";
-    fn parse(raw: &str) -> Result<Self, String> {
-        url::Url::parse(raw).map_err(|e| format!("invalid URL: {e}"))
+    fn parse(raw: &str) -> Result<Self, ValueError> {
+        url::Url::parse(raw).map_err(ValueError::Url)
     }
 }
 
@@ -143,11 +179,9 @@ impl fmt::Debug for Secret {
 impl OptValue for Secret {
     const KIND: &'static str = "string value";
     const SECRET: bool = true;
-    fn parse(raw: &str) -> Result<Self, String> {
+    fn parse(raw: &str) -> Result<Self, ValueError> {
         if raw.is_empty() {
-            return Err(
-                "an empty secret is not allowed: remove the option or set a value".to_owned(),
-            );
+            return Err(ValueError::EmptySecret);
         }
         Ok(Secret::from(raw))
     }
@@ -156,14 +190,14 @@ impl OptValue for Secret {
 impl<T: OptValue> OptValue for Option<T> {
     const KIND: &'static str = T::KIND;
     const SECRET: bool = T::SECRET;
-    fn parse(raw: &str) -> Result<Self, String> {
+    fn parse(raw: &str) -> Result<Self, ValueError> {
         // `option =` (empty) means "unset", as in oslo.config.
         if raw.is_empty() {
             return Ok(None);
         }
         T::parse(raw).map(Some)
     }
-    fn absent() -> Result<Self, String> {
+    fn absent() -> Result<Self, ValueError> {
         Ok(None)
     }
     fn describe() -> Option<String> {
@@ -175,21 +209,21 @@ impl<T: OptValue> OptValue for Option<T> {
 impl<T: OptValue> OptValue for Vec<T> {
     const KIND: &'static str = "list value";
     const MULTI: bool = true;
-    fn parse(raw: &str) -> Result<Self, String> {
+    fn parse(raw: &str) -> Result<Self, ValueError> {
         raw.split(',')
             .map(str::trim)
             .filter(|item| !item.is_empty())
             .map(T::parse)
             .collect()
     }
-    fn parse_all(raws: &[&str]) -> Result<Self, String> {
+    fn parse_all(raws: &[&str]) -> Result<Self, ValueError> {
         let mut all = Vec::new();
         for raw in raws {
             all.extend(Self::parse(raw)?);
         }
         Ok(all)
     }
-    fn absent() -> Result<Self, String> {
+    fn absent() -> Result<Self, ValueError> {
         Ok(Vec::new())
     }
 }
@@ -214,13 +248,14 @@ macro_rules! choice_value {
 
         impl $crate::config::value::OptValue for $name {
             const KIND: &'static str = "string value";
-            fn parse(raw: &str) -> Result<Self, String> {
+            fn parse(raw: &str) -> Result<Self, $crate::config::value::ValueError> {
                 match raw {
                     $($text => Ok(Self::$variant),)+
-                    _ => Err(format!(
-                        "invalid value '{raw}': expected one of {}",
-                        [$($text),+].join(", ")
-                    )),
+                    _ => Err($crate::config::value::ValueError::Invalid {
+                        kind: "value",
+                        raw: raw.to_owned(),
+                        expected: format!("one of {}", [$($text),+].join(", ")),
+                    }),
                 }
             }
             fn describe() -> Option<String> {
@@ -244,7 +279,7 @@ mod tests {
             assert!(!bool::parse(no).unwrap());
         }
         assert_eq!(
-            bool::parse("maybe").unwrap_err(),
+            bool::parse("maybe").unwrap_err().to_string(),
             "invalid boolean 'maybe': expected true or false"
         );
     }
@@ -253,7 +288,7 @@ mod tests {
     fn ports_are_bounded() {
         assert_eq!(u16::parse("5900").unwrap(), 5900);
         assert_eq!(
-            u16::parse("70000").unwrap_err(),
+            u16::parse("70000").unwrap_err().to_string(),
             "invalid port value '70000': expected a whole number from 0 to 65535"
         );
     }

@@ -19,8 +19,8 @@ use diesel::r2d2::{ManageConnection, R2D2Connection};
 use diesel::sqlite::SqliteConnection;
 
 use super::Backend;
-use super::error::one_line;
 use super::url::DbUrl;
+use crate::telemetry::one_line;
 
 pub use self::multi::{DbConnection, MultiBackend, MultiField, MultiRawValue, MultiRow};
 

@@ -52,13 +52,8 @@ pub enum DbError {
     },
 
     /// `[database] connection` is not a URL this service can use.
-    #[error("invalid database URL \"{url}\": {reason}")]
-    InvalidUrl {
-        /// The URL as given, with any password replaced by `***`.
-        url: String,
-        /// What is wrong with it.
-        reason: String,
-    },
+    #[error(transparent)]
+    InvalidUrl(#[from] super::url::InvalidUrl),
 
     /// The schema is older than this release: run `kerbside-manage db sync`.
     #[error(
@@ -69,6 +64,17 @@ pub enum DbError {
     PendingMigrations {
         /// Names of the migrations that have not been applied, oldest first.
         pending: Vec<String>,
+    },
+
+    /// The private database file or its directory could not be created or made private.
+    #[error("cannot {action} {}: {source}", path.display())]
+    PrivateFile {
+        /// What was being done, e.g. `"create"`.
+        action: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
     },
 
     /// A query failed.
@@ -102,7 +108,8 @@ impl DbError {
             Self::NotFound { .. }
             | Self::Conflict { .. }
             | Self::Invalid { .. }
-            | Self::InvalidUrl { .. }
+            | Self::InvalidUrl(_)
+            | Self::PrivateFile { .. }
             | Self::PendingMigrations { .. }
             | Self::Migration(_)
             | Self::Task(_) => false,
@@ -179,9 +186,4 @@ fn is_transient_diesel(err: &DieselError) -> bool {
         }
         other => is_connection_lost(other),
     }
-}
-
-/// Turn a multi-line driver message into one line, so log lines and CLI errors stay whole.
-pub(crate) fn one_line(msg: &str) -> String {
-    msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }

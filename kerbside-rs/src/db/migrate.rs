@@ -53,7 +53,7 @@ fn names<DB: diesel::backend::Backend>(
 }
 
 fn migration_error(e: Box<dyn std::error::Error + Send + Sync>) -> DbError {
-    DbError::Migration(super::error::one_line(&e.to_string()))
+    DbError::Migration(crate::telemetry::one_line(&e.to_string()))
 }
 
 impl DbConnection {

@@ -5,8 +5,9 @@
 //! and the queries the product runs ([`models`]). It does not own configuration parsing,
 //! HTTP, SPICE or notification handling: those build on this module.
 //!
-//! Model functions are synchronous and take `&mut DbConnection`; async code runs them on the
-//! blocking pool with [`Db::run`], the CLI with [`Db::get`].
+//! Model functions are synchronous and take `&mut DbConnection`; async code (the services
+//! and `kerbside-manage` alike) runs them on the blocking pool with [`Db::run`], and
+//! synchronous code such as a test takes a pooled connection with [`Db::get`].
 //!
 //! All times are UTC `NaiveDateTime`s with microsecond precision, taken from [`now`].
 
@@ -22,6 +23,8 @@ use std::time::Duration;
 
 use chrono::{NaiveDateTime, SubsecRound, Utc};
 use diesel::r2d2::{HandleError, Pool, PooledConnection};
+
+use crate::telemetry::one_line;
 
 pub use self::conn::{ConnectError, DbConnection, DbConnectionManager};
 pub use self::error::{DbError, DbResult};
@@ -110,7 +113,7 @@ impl Db {
         let manager = DbConnectionManager::new(url.clone());
         probe(&manager, opts.connect_timeout).map_err(|cause| DbError::Unavailable {
             url: url.redacted(),
-            cause,
+            cause: cause.0,
         })?;
         Ok(Self::connect_lazy(url, opts))
     }
@@ -126,6 +129,8 @@ impl Db {
             .connection_timeout(opts.connect_timeout)
             .error_handler(Box::new(LogConnectError {
                 url: url.redacted(),
+                last: std::sync::Mutex::new(None),
+                suppressed: std::sync::atomic::AtomicU64::new(0),
             }))
             .build_unchecked(manager);
         Self {
@@ -157,7 +162,7 @@ impl Db {
             .get_timeout(self.checkout_timeout)
             .map_err(|e| DbError::Unavailable {
                 url: self.url.redacted(),
-                cause: error::one_line(&e.to_string()),
+                cause: one_line(&e.to_string()),
             })
     }
 
@@ -191,23 +196,133 @@ impl Db {
         .map_err(|e| DbError::Task(e.to_string()))?
     }
 
+    /// [`Db::run`], but waiting at most `checkout` for a connection (instead of the pool's
+    /// `connect_timeout`). For paths with their own deadline, such as the proxy's link stage,
+    /// which must report a database outage before its client gives up. Once a connection is
+    /// had, `f` runs to completion as with [`Db::run`].
+    ///
+    /// # Errors
+    /// As [`Db::run`].
+    ///
+    /// # Cancel safety
+    /// As [`Db::run`].
+    pub async fn run_within<F, T>(&self, checkout: Duration, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        let checkout = checkout.min(self.checkout_timeout);
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db
+                .pool
+                .get_timeout(checkout)
+                .map_err(|e| DbError::Unavailable {
+                    url: db.url.redacted(),
+                    cause: one_line(&e.to_string()),
+                })?;
+            f(&mut conn).map_err(|e| db.classify(e))
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
     /// Turn errors that mean "the connection is gone" into [`DbError::Unavailable`].
     fn classify(&self, err: DbError) -> DbError {
         match err {
             DbError::Query(ref q) if error::is_connection_lost(q) => DbError::Unavailable {
                 url: self.url.redacted(),
-                cause: error::one_line(&q.to_string()),
+                cause: one_line(&q.to_string()),
             },
             other => other,
         }
     }
 }
 
+/// Makes an SQLite database file private before it is opened: its directory is created
+/// (mode 0700) when missing, the file is created with mode 0600, and an existing file, `-wal`
+/// or `-shm` readable by others is tightened to 0600 (logged). The file holds static sources'
+/// hypervisor tickets; SQLite gives its journal files the database file's mode.
+///
+/// # Errors
+/// [`DbError::PrivateFile`] naming the file or directory that could not be created or changed.
+pub fn secure_sqlite_file(path: &std::path::Path) -> Result<(), DbError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.exists()
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(|source| DbError::PrivateFile {
+                action: "create",
+                path: parent.to_path_buf(),
+                source,
+            })?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| DbError::PrivateFile {
+            action: "create",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let mut files = vec![path.to_path_buf()];
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        files.push(name.into());
+    }
+    for file in files {
+        if file.exists() {
+            tighten_mode(&file, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the permission bits of `path` beyond `mode` (logged when it changes anything).
+///
+/// # Errors
+/// [`DbError::PrivateFile`] naming the path when it cannot be read or changed.
+pub fn tighten_mode(path: &std::path::Path, mode: u32) -> Result<(), DbError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| DbError::PrivateFile {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let current = meta.permissions().mode() & 0o7777;
+    if current & !mode == 0 {
+        return Ok(());
+    }
+    let tightened = current & mode;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(tightened)).map_err(
+        |source| DbError::PrivateFile {
+            action: "change the mode of",
+            path: path.to_path_buf(),
+            source,
+        },
+    )?;
+    tracing::info!(
+        path = %path.display(),
+        from = format!("{current:04o}"),
+        to = format!("{tightened:04o}"),
+        "tightened the permissions of a private file"
+    );
+    Ok(())
+}
+
 /// Open one connection with a deadline, returning the driver's reason on failure.
 ///
 /// libmysqlclient has no connect timeout set by Diesel, and a black-holed host can take
 /// minutes to fail, so the attempt runs on its own thread and is abandoned after `timeout`.
-fn probe(manager: &DbConnectionManager, timeout: Duration) -> Result<(), String> {
+fn probe(manager: &DbConnectionManager, timeout: Duration) -> Result<(), ConnectError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let manager = manager.clone();
     std::thread::Builder::new()
@@ -217,23 +332,50 @@ fn probe(manager: &DbConnectionManager, timeout: Duration) -> Result<(), String>
             // The receiver may have given up already; nothing to do then.
             let _ = tx.send(result);
         })
-        .map_err(|e| format!("cannot start the connection thread: {e}"))?;
+        .map_err(|e| ConnectError(format!("cannot start the connection thread: {e}")))?;
     match rx.recv_timeout(timeout) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.0),
-        Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
+        Ok(result) => result,
+        Err(_) => Err(ConnectError(format!(
+            "no answer within {} ms",
+            timeout.as_millis()
+        ))),
     }
 }
 
-/// r2d2 error handler: one warning per failed background connect, without the password.
+/// r2d2 error handler: a warning for a failed connect, without the password. During an
+/// outage every checkout retries many times a second, so at most one warning per
+/// [`CONNECT_ERROR_LOG_INTERVAL`] is logged, with the count of those not logged.
 #[derive(Debug)]
 struct LogConnectError {
     /// Redacted URL for the log line.
     url: String,
+    /// When the last warning was logged.
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Failures since then.
+    suppressed: std::sync::atomic::AtomicU64,
 }
+
+/// Least time between two "database connection failed" warnings.
+const CONNECT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 impl HandleError<ConnectError> for LogConnectError {
     fn handle_error(&self, error: ConnectError) {
-        tracing::warn!(db.url = %self.url, error = %error, "database connection failed");
+        use std::sync::atomic::Ordering;
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|at| at.elapsed() < CONNECT_ERROR_LOG_INTERVAL) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            db.url = %self.url,
+            error = %error,
+            failures_not_logged = suppressed,
+            "database connection failed"
+        );
     }
 }

@@ -46,6 +46,7 @@ diesel::table! {
         stale -> Bool,
         discovered_at -> Timestamp,
         updated_at -> Timestamp,
+        firewall_profile -> Nullable<Text>,
     }
 }
 
@@ -79,6 +80,8 @@ diesel::table! {
         end_reason -> Nullable<Text>,
         bytes_to_client -> BigInt,
         bytes_to_server -> BigInt,
+        firewall_profile -> Nullable<Text>,
+        transport -> Text,
     }
 }
 
@@ -126,6 +129,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Signed-in web console browsers; the cookie's sha-256 only, the Keystone token
+    /// encrypted with a key derived from the cookie.
+    web_sessions (id) {
+        id -> BigInt,
+        session_hash -> Text,
+        user_id -> Text,
+        user_name -> Text,
+        project_id -> Nullable<Text>,
+        project_name -> Nullable<Text>,
+        scoped -> Bool,
+        keystone_token -> Nullable<Text>,
+        created_at -> Timestamp,
+        expires_at -> Timestamp,
+    }
+}
+
 diesel::joinable!(consoles -> sources (source_id));
 diesel::joinable!(console_tokens -> consoles (console_id));
 diesel::joinable!(sessions -> consoles (console_id));
@@ -140,4 +160,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     channels,
     session_terminations,
     audit_events,
+    web_sessions,
 );

@@ -23,7 +23,6 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::Backend;
-use super::error::DbError;
 
 /// Query parameters that Diesel's MySQL URL parser understands and that are kept.
 const MYSQL_KEPT_PARAMS: &[&str] = &["unix_socket", "ssl_mode", "ssl_ca", "ssl_cert", "ssl_key"];
@@ -63,31 +62,27 @@ impl DbUrl {
     /// Parse and normalise a SQLAlchemy- or Diesel-style database URL.
     ///
     /// # Errors
-    /// [`DbError::InvalidUrl`] (with the password masked) when the scheme is not supported,
-    /// the URL is malformed, names no host or database, or asks for an in-memory SQLite
-    /// database.
-    pub fn parse(raw: &str) -> Result<Self, DbError> {
+    /// [`InvalidUrl`] (with the password masked) when the scheme is not supported, the URL
+    /// is malformed, names no host or database, or asks for an in-memory SQLite database.
+    /// It converts into [`crate::db::DbError::InvalidUrl`].
+    pub fn parse(raw: &str) -> Result<Self, InvalidUrl> {
         let trimmed = raw.trim();
-        let invalid = |reason: String| DbError::InvalidUrl {
+        let invalid = |reason: UrlProblem| InvalidUrl {
             url: mask_password(trimmed),
             reason,
         };
         if trimmed.is_empty() {
-            return Err(invalid("the database URL is empty".to_owned()));
+            return Err(invalid(UrlProblem::Empty));
         }
         let Some((scheme, rest)) = trimmed.split_once("://") else {
-            return Err(invalid(format!(
-                "no scheme; expected one of {SUPPORTED_SCHEMES}"
-            )));
+            return Err(invalid(UrlProblem::NoScheme));
         };
         let scheme = scheme.to_ascii_lowercase();
         let dialect = scheme.split_once('+').map_or(scheme.as_str(), |(d, _)| d);
         match dialect {
             "mysql" | "mariadb" => parse_mysql(rest).map_err(invalid),
             "sqlite" => parse_sqlite(rest).map_err(invalid),
-            _ => Err(invalid(format!(
-                "unsupported scheme \"{scheme}\"; use {SUPPORTED_SCHEMES}"
-            ))),
+            _ => Err(invalid(UrlProblem::UnsupportedScheme(scheme.clone()))),
         }
     }
 
@@ -124,8 +119,65 @@ impl fmt::Debug for DbUrl {
     }
 }
 
+/// `[database] connection` is not a URL this service can use.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid database URL \"{url}\": {reason}")]
+pub struct InvalidUrl {
+    /// The URL as given, with any password replaced by `***`.
+    pub url: String,
+    /// What is wrong with it (in the message, so not also a `source`).
+    pub reason: UrlProblem,
+}
+
+/// What is wrong with a database URL. Nothing here holds a password.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlProblem {
+    /// The URL is empty.
+    #[error("the database URL is empty")]
+    Empty,
+    /// No `scheme://`.
+    #[error("no scheme; expected one of {SUPPORTED_SCHEMES}")]
+    NoScheme,
+    /// A scheme other than MySQL/MariaDB or SQLite.
+    #[error("unsupported scheme \"{0}\"; use {SUPPORTED_SCHEMES}")]
+    UnsupportedScheme(String),
+    /// A MySQL URL without a host (and no `unix_socket`).
+    #[error("no host (expected mysql://user:password@host/database)")]
+    NoHost,
+    /// The URL parser refused it.
+    #[error("{0}")]
+    Malformed(#[source] ::url::ParseError),
+    /// An `ssl_mode` MySQL does not know.
+    #[error("unknown ssl_mode \"{0}\" (use {modes})", modes = MYSQL_SSL_MODES.join(", "))]
+    UnknownSslMode(String),
+    /// A MySQL URL without a database name.
+    #[error("no database name (expected mysql://user:password@host/database)")]
+    NoDatabase,
+    /// A MySQL path with more than the database name.
+    #[error("the path must be only the database name")]
+    PathTooLong,
+    /// A URL kind that cannot hold a password was given one.
+    #[error("the URL cannot carry a password")]
+    CannotCarryPassword,
+    /// An in-memory SQLite database.
+    #[error(
+        "in-memory SQLite databases are not supported (each connection would see its own \
+         empty database); give a file path such as sqlite:////var/lib/kerbside/kerbside.sqlite"
+    )]
+    InMemory,
+    /// A SQLite URL with a host part.
+    #[error(
+        "SQLite URLs have no host part (\"{0}\"); use sqlite:///relative/path or \
+         sqlite:////absolute/path"
+    )]
+    SqliteHost(String),
+    /// A SQLite path naming a directory.
+    #[error("\"{0}\" is a directory, not a database file")]
+    Directory(String),
+}
+
 /// Parse the part after `mysql[+driver]://`.
-fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
+fn parse_mysql(rest: &str) -> Result<DbUrl, UrlProblem> {
     // `user:pw@/db?unix_socket=...` (SQLAlchemy's socket form) has an empty host, which the
     // URL parser rejects: give it the `localhost` that makes Diesel use the socket.
     let before_query = rest.split_once('?').map_or(rest, |(b, _)| b);
@@ -135,14 +187,14 @@ fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
         .is_none_or(|h| h.is_empty() || h.starts_with('/'));
     let rest = if host_is_empty {
         if !rest.contains("unix_socket=") {
-            return Err("no host (expected mysql://user:password@host/database)".to_owned());
+            return Err(UrlProblem::NoHost);
         }
         let (userinfo, tail) = rest.split_at(host_start);
         format!("{userinfo}localhost{tail}")
     } else {
         rest.to_owned()
     };
-    let mut url = ::url::Url::parse(&format!("mysql://{rest}")).map_err(|e| format!("{e}"))?;
+    let mut url = ::url::Url::parse(&format!("mysql://{rest}")).map_err(UrlProblem::Malformed)?;
 
     // Keep only the query parameters Diesel understands, in their original order.
     let mut kept: Vec<(String, String)> = Vec::new();
@@ -159,17 +211,14 @@ fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
     if let Some((_, mode)) = kept.iter().find(|(k, _)| k == "ssl_mode")
         && !MYSQL_SSL_MODES.contains(&mode.to_ascii_lowercase().as_str())
     {
-        return Err(format!(
-            "unknown ssl_mode \"{mode}\" (use {})",
-            MYSQL_SSL_MODES.join(", ")
-        ));
+        return Err(UrlProblem::UnknownSslMode(mode.clone()));
     }
     let has_socket = kept.iter().any(|(k, _)| k == "unix_socket");
 
     let host = url.host_str().unwrap_or_default().to_owned();
     if host.eq_ignore_ascii_case("localhost") && !has_socket {
         url.set_host(Some("127.0.0.1"))
-            .map_err(|e| format!("{e}"))?;
+            .map_err(UrlProblem::Malformed)?;
     }
 
     let segments: Vec<&str> = url
@@ -178,12 +227,10 @@ fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
         .unwrap_or_default();
     match segments.as_slice() {
         [] => {
-            return Err(
-                "no database name (expected mysql://user:password@host/database)".to_owned(),
-            );
+            return Err(UrlProblem::NoDatabase);
         }
         [_] => {}
-        _ => return Err("the path must be only the database name".to_owned()),
+        _ => return Err(UrlProblem::PathTooLong),
     }
     let database = segments.join("");
     url.set_path(&format!("/{database}"));
@@ -206,7 +253,7 @@ fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
         let mut masked = url.clone();
         masked
             .set_password(Some("***"))
-            .map_err(|()| "the URL cannot carry a password".to_owned())?;
+            .map_err(|()| UrlProblem::CannotCarryPassword)?;
         masked.to_string()
     } else {
         diesel_url.clone()
@@ -218,27 +265,19 @@ fn parse_mysql(rest: &str) -> Result<DbUrl, String> {
 }
 
 /// Parse the part after `sqlite://` following SQLAlchemy: `/<path>`.
-fn parse_sqlite(rest: &str) -> Result<DbUrl, String> {
+fn parse_sqlite(rest: &str) -> Result<DbUrl, UrlProblem> {
     let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let in_memory = || {
-        "in-memory SQLite databases are not supported (each connection would see its own \
-         empty database); give a file path such as sqlite:////var/lib/kerbside/kerbside.sqlite"
-            .to_owned()
-    };
     if location.is_empty() {
-        return Err(in_memory());
+        return Err(UrlProblem::InMemory);
     }
     let Some(path) = location.strip_prefix('/') else {
-        return Err(format!(
-            "SQLite URLs have no host part (\"{location}\"); use sqlite:///relative/path or \
-             sqlite:////absolute/path"
-        ));
+        return Err(UrlProblem::SqliteHost(location.to_owned()));
     };
     if path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory") {
-        return Err(in_memory());
+        return Err(UrlProblem::InMemory);
     }
     if path.ends_with('/') {
-        return Err(format!("\"{path}\" is a directory, not a database file"));
+        return Err(UrlProblem::Directory(path.to_owned()));
     }
     Ok(DbUrl::Sqlite {
         path: PathBuf::from(path),

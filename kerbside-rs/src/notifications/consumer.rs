@@ -15,6 +15,11 @@
 //!
 //! Messages are processed one at a time, in delivery order; `prefetch_count` only bounds
 //! how many the broker pushes ahead.
+//!
+//! It owns the broker side: the [`Topology`] (exchange, queues, bindings) and its
+//! declaration, the consumers, settling deliveries, reconnecting, and the `connected`
+//! gauge. It does not read envelopes, choose what to do or write the database: it hands each
+//! delivery to [`super::envelope`], [`super::handlers`] and [`super::effects`] in turn.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +44,7 @@ use crate::config::{Config, QueueType};
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::telemetry::one_line;
 
 /// Longest a connection attempt (TCP, login, declarations) may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,15 +127,215 @@ impl Topology {
         format!(
             "durable = {}, queue_type = {}{dlx}",
             self.durable,
-            queue_type_name(self.queue_type)
+            self.queue_type.as_str()
         )
+    }
+
+    /// Declares the exchange, the queues and their bindings on `channel`, as oslo.messaging
+    /// would (so they exist before Nova's first notification, and again after a restarted
+    /// broker lost non-durable ones), and checks that the dead-letter exchange exists.
+    /// Declaring what already exists with the same settings changes nothing.
+    ///
+    /// It does not consume: [`start_consumers`] does, once this succeeded.
+    ///
+    /// # Errors
+    /// [`NotifyError::ExchangeMismatch`] or [`NotifyError::QueueMismatch`] when the broker
+    /// holds one with other settings (RabbitMQ's PRECONDITION_FAILED, which also closes
+    /// `channel`); [`NotifyError::Broker`] for any other refused operation.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: every declaration is idempotent, so a dropped call is simply made again.
+    async fn declare(
+        &self,
+        connection: &Connection,
+        channel: &Channel,
+        transport: &TransportUrl,
+    ) -> Result<(), NotifyError> {
+        self.declare_exchange(channel, transport).await?;
+        if let Some(dlx) = &self.dead_letter_exchange {
+            check_exchange_exists(connection, dlx, transport).await?;
+        }
+        self.declare_queues(channel, transport).await
+    }
+
+    /// The topic exchange Nova publishes to, with the configured durability. A different
+    /// durability is refused by RabbitMQ with PRECONDITION_FAILED, which closes the channel:
+    /// the error says which option to change instead of leaving a dead channel.
+    async fn declare_exchange(
+        &self,
+        channel: &Channel,
+        transport: &TransportUrl,
+    ) -> Result<(), NotifyError> {
+        let options = ExchangeDeclareOptions {
+            durable: self.durable,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| match precondition_failed(&e) {
+                Some(detail) => NotifyError::ExchangeMismatch {
+                    exchange: self.exchange.clone(),
+                    durable: self.durable,
+                    detail,
+                },
+                None => broker_error(transport, format!("exchange.declare {}", self.exchange))(e),
+            })
+    }
+
+    /// One queue per topic (never auto-deleted, never exclusive), each bound to the
+    /// exchange with its routing keys.
+    async fn declare_queues(
+        &self,
+        channel: &Channel,
+        transport: &TransportUrl,
+    ) -> Result<(), NotifyError> {
+        let mut arguments = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        if let Some(dlx) = &self.dead_letter_exchange {
+            arguments.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(dlx.as_str().into()),
+            );
+        }
+        let queue_options = QueueDeclareOptions {
+            durable: self.durable,
+            // Never auto-deleted and never exclusive: the queue outlives a consumer's
+            // connection, so notifications published during a reconnect wait for it, and
+            // every node of the pool shares it.
+            auto_delete: false,
+            exclusive: false,
+            ..QueueDeclareOptions::default()
+        };
+        for queue in &self.queues {
+            channel
+                .queue_declare(queue.name.as_str().into(), queue_options, arguments.clone())
+                .await
+                .map_err(|e| match precondition_failed(&e) {
+                    Some(detail) => NotifyError::QueueMismatch {
+                        queue: queue.name.clone(),
+                        declared: self.declared(),
+                        detail,
+                    },
+                    None => broker_error(transport, format!("queue.declare {}", queue.name))(e),
+                })?;
+            for key in &queue.routing_keys {
+                channel
+                    .queue_bind(
+                        queue.name.as_str().into(),
+                        self.exchange.as_str().into(),
+                        key.as_str().into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .map_err(broker_error(
+                        transport,
+                        format!("queue.bind {} {key}", queue.name),
+                    ))?;
+            }
+        }
+        Ok(())
     }
 }
 
-fn queue_type_name(t: QueueType) -> &'static str {
-    match t {
-        QueueType::Classic => "classic",
-        QueueType::Quorum => "quorum",
+/// Warns when exchange `name` does not exist: RabbitMQ drops dead-lettered messages
+/// silently when it is missing. The check runs on a channel of its own, since a passive
+/// declaration of a missing exchange closes the channel it runs on.
+///
+/// # Errors
+/// [`NotifyError::Broker`] when no channel can be opened; a missing exchange is only logged.
+async fn check_exchange_exists(
+    connection: &Connection,
+    name: &str,
+    transport: &TransportUrl,
+) -> Result<(), NotifyError> {
+    let probe = connection
+        .create_channel()
+        .await
+        .map_err(broker_error(transport, "channel.open"))?;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    match probe
+        .exchange_declare(
+            name.into(),
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(()) => {
+            let _ = probe.close(200, "checked".into()).await;
+        }
+        Err(e) => tracing::warn!(exchange = %name, error = %one_line(&e.to_string()),
+            "[notifications] dead_letter_exchange does not exist: RabbitMQ will drop unreadable notifications until it does"),
+    }
+    Ok(())
+}
+
+/// Sets the prefetch window on `channel` and starts one consumer per queue of `topology`
+/// (tagged `kerbside-<node>-<random>`), merged into one stream of deliveries. Run it after
+/// [`Topology::declare`].
+///
+/// # Errors
+/// [`NotifyError::Broker`] when the broker refuses `basic.qos` or `basic.consume`.
+///
+/// # Cancel safety
+/// Cancel safe: consumers started before the drop end with the channel, and the broker
+/// requeues whatever it had pushed to them.
+async fn start_consumers(
+    channel: &Channel,
+    topology: &Topology,
+    node: &str,
+    transport: &TransportUrl,
+) -> Result<SelectAll<lapin::Consumer>, NotifyError> {
+    channel
+        .basic_qos(topology.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(broker_error(transport, "basic.qos"))?;
+    let mut consumers = Vec::with_capacity(topology.queues.len());
+    for queue in &topology.queues {
+        let tag = format!("kerbside-{node}-{}", uuid::Uuid::new_v4().simple());
+        let consumer = channel
+            .basic_consume(
+                queue.name.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker_error(
+                transport,
+                format!("basic.consume {}", queue.name),
+            ))?;
+        consumers.push(consumer);
+    }
+    Ok(futures_util::stream::select_all(consumers))
+}
+
+/// The error for a failed broker `operation`: the library's words, on one line, with any
+/// password of the transport URL scrubbed.
+fn broker_error(
+    transport: &TransportUrl,
+    operation: impl Into<String>,
+) -> impl FnOnce(lapin::Error) -> NotifyError + '_ {
+    let operation = operation.into();
+    move |e| NotifyError::Broker {
+        operation,
+        cause: one_line(&transport.scrub(&e.to_string())),
     }
 }
 
@@ -146,6 +352,9 @@ struct Link {
 }
 
 impl Link {
+    /// Closes the channel and the connection with a reply code, waiting at most
+    /// [`CLOSE_TIMEOUT`]; the broker requeues whatever was left unacknowledged. Failures are
+    /// ignored: the connection is being given up either way.
     async fn close(self) {
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
             let _ = self
@@ -302,20 +511,24 @@ impl Consumer {
         tracing::info!("notification consumer stopped");
     }
 
-    /// Connects to the next broker, declares the topology and starts consuming.
+    /// Connects to the next broker of the URL, declares the topology
+    /// ([`Topology::declare`]) and starts one consumer per queue ([`start_consumers`]).
+    ///
+    /// # Errors
+    /// [`NotifyError::Connect`] when the broker cannot be reached or refuses the login;
+    /// [`NotifyError::ExchangeMismatch`] or [`NotifyError::QueueMismatch`] when the broker
+    /// holds the exchange or a queue with other settings; [`NotifyError::Broker`] for any
+    /// other refused operation.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropped part-way, the connection is dropped with it (the library closes
+    /// it) and nothing has been consumed yet. [`Consumer::run`] bounds it with a timeout.
     async fn connect(&mut self) -> Result<Link, NotifyError> {
         let (uri, shown) = self.transport.amqp_uri(self.next_host).ok_or_else(|| {
             NotifyError::InvalidTransportUrl {
                 reason: "no broker host".to_owned(),
             }
         })?;
-        let broker = |operation: String| {
-            let transport = self.transport.clone();
-            move |e: lapin::Error| NotifyError::Broker {
-                operation,
-                cause: one_line(&transport.scrub(&e.to_string())),
-            }
-        };
         let props = ConnectionProperties::default()
             .with_connection_name(format!("kerbside-notifications@{}", self.node).into());
         let connection =
@@ -325,142 +538,29 @@ impl Consumer {
                     url: shown.clone(),
                     cause: one_line(&self.transport.scrub(&e.to_string())),
                 })?;
-        let t = &self.topology;
-
-        // The exchange: declared like oslo.messaging does (topic, durability as configured),
-        // so it exists before Nova's first notification. Different durability is refused by
-        // RabbitMQ with PRECONDITION_FAILED, which closes the channel: say which option to
-        // change instead of leaving a dead channel.
         let channel = connection
             .create_channel()
             .await
-            .map_err(broker("channel.open".to_owned()))?;
-        let options = ExchangeDeclareOptions {
-            durable: t.durable,
-            ..ExchangeDeclareOptions::default()
-        };
-        if let Err(e) = channel
-            .exchange_declare(
-                t.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                options,
-                FieldTable::default(),
-            )
-            .await
-        {
-            return Err(match precondition_failed(&e) {
-                Some(detail) => NotifyError::ExchangeMismatch {
-                    exchange: t.exchange.clone(),
-                    durable: t.durable,
-                    detail,
-                },
-                None => broker(format!("exchange.declare {}", t.exchange))(e),
-            });
-        }
-
-        if let Some(dlx) = &t.dead_letter_exchange {
-            // RabbitMQ drops dead-lettered messages silently when the exchange is missing.
-            let probe = connection
-                .create_channel()
-                .await
-                .map_err(broker("channel.open".to_owned()))?;
-            let passive = ExchangeDeclareOptions {
-                passive: true,
-                ..ExchangeDeclareOptions::default()
-            };
-            match probe
-                .exchange_declare(
-                    dlx.as_str().into(),
-                    ExchangeKind::Topic,
-                    passive,
-                    FieldTable::default(),
-                )
-                .await
-            {
-                Ok(()) => {
-                    let _ = probe.close(200, "checked".into()).await;
-                }
-                Err(e) => tracing::warn!(exchange = %dlx, error = %one_line(&e.to_string()),
-                    "[notifications] dead_letter_exchange does not exist: RabbitMQ will drop unreadable notifications until it does"),
-            }
-        }
-
-        let mut arguments = FieldTable::default();
-        if t.queue_type == QueueType::Quorum {
-            arguments.insert(
-                "x-queue-type".into(),
-                AMQPValue::LongString("quorum".into()),
-            );
-        }
-        if let Some(dlx) = &t.dead_letter_exchange {
-            arguments.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(dlx.as_str().into()),
-            );
-        }
-        let queue_options = QueueDeclareOptions {
-            durable: t.durable,
-            // Never auto-deleted and never exclusive: the queue outlives a consumer's
-            // connection, so notifications published during a reconnect wait for it, and
-            // every node of the pool shares it.
-            auto_delete: false,
-            exclusive: false,
-            ..QueueDeclareOptions::default()
-        };
-        for queue in &t.queues {
-            if let Err(e) = channel
-                .queue_declare(queue.name.as_str().into(), queue_options, arguments.clone())
-                .await
-            {
-                return Err(match precondition_failed(&e) {
-                    Some(detail) => NotifyError::QueueMismatch {
-                        queue: queue.name.clone(),
-                        declared: t.declared(),
-                        detail,
-                    },
-                    None => broker(format!("queue.declare {}", queue.name))(e),
-                });
-            }
-            for key in &queue.routing_keys {
-                channel
-                    .queue_bind(
-                        queue.name.as_str().into(),
-                        t.exchange.as_str().into(),
-                        key.as_str().into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
-                    .map_err(broker(format!("queue.bind {} {key}", queue.name)))?;
-            }
-        }
-        channel
-            .basic_qos(t.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(broker("basic.qos".to_owned()))?;
-        let mut consumers = Vec::with_capacity(t.queues.len());
-        for queue in &t.queues {
-            let tag = format!("kerbside-{}-{}", self.node, uuid::Uuid::new_v4().simple());
-            let consumer = channel
-                .basic_consume(
-                    queue.name.as_str().into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(broker(format!("basic.consume {}", queue.name)))?;
-            consumers.push(consumer);
-        }
+            .map_err(broker_error(&self.transport, "channel.open"))?;
+        self.topology
+            .declare(&connection, &channel, &self.transport)
+            .await?;
+        let deliveries =
+            start_consumers(&channel, &self.topology, &self.node, &self.transport).await?;
         Ok(Link {
             connection,
             channel,
-            deliveries: futures_util::stream::select_all(consumers),
+            deliveries,
             shown,
         })
     }
 
     /// Processes deliveries until the link breaks or the shutdown token fires.
+    ///
+    /// # Cancel safety
+    /// It returns by itself when the token fires. A delivery being processed then is
+    /// finished first; one waiting to be requeued is left unacknowledged, and the broker
+    /// requeues it when the channel closes.
     async fn consume(&mut self, link: &mut Link) -> Ended {
         let token = self.shutdown.token().clone();
         loop {
@@ -486,7 +586,18 @@ impl Consumer {
         }
     }
 
-    /// Handles one delivery and settles it (ack, reject or requeue).
+    /// Handles one delivery and settles it: ack once its effects committed (or when nothing
+    /// is to be done), requeue after a delay while the database is unavailable, and
+    /// [`Consumer::drop_poison`] for what can never succeed.
+    ///
+    /// # Errors
+    /// [`Ended::Lost`] when the delivery cannot be settled (the channel broke);
+    /// [`Ended::Shutdown`] when the token fires during the requeue delay.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe, and not cancelled: [`Consumer::consume`] awaits it to the end. The
+    /// database transaction runs on the blocking pool and would finish anyway; the delivery
+    /// would then come back after a reconnect and be applied again (effects are idempotent).
     async fn process(&mut self, delivery: Delivery) -> Result<(), Ended> {
         let m = &self.metrics.notifications;
         let notification = match envelope::parse(&delivery.data) {
@@ -569,6 +680,9 @@ impl Consumer {
 
     /// Logs a message that cannot be processed (once: it is never requeued) and acks it, or
     /// rejects it without requeue when a dead-letter exchange is configured.
+    ///
+    /// # Errors
+    /// [`Ended::Lost`] when the delivery cannot be settled.
     async fn drop_poison(
         &self,
         delivery: &Delivery,
@@ -603,6 +717,11 @@ enum Settle {
     Reject,
 }
 
+/// Settles `delivery` as `how` says.
+///
+/// # Errors
+/// [`Ended::Lost`] when the channel broke: the broker then requeues the message and it comes
+/// back after the reconnect.
 async fn settle(delivery: &Delivery, how: Settle) -> Result<(), Ended> {
     let result = match how {
         Settle::Ack => delivery.ack(BasicAckOptions::default()).await,
@@ -661,10 +780,6 @@ fn backoff(n: u32) -> Duration {
         .min(BACKOFF_MAX);
     base.mul_f64(rand::thread_rng().gen_range(0.8..1.2))
         .min(BACKOFF_MAX)
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -5,11 +5,14 @@
 //! termination_poll_interval`), so channels close wherever they run. Every step is
 //! idempotent, so a notification delivered twice (after a lost acknowledgement) changes
 //! nothing more the second time, apart from a second audit row.
+//!
+//! It does not choose the plan (the handlers do) and does not settle the delivery (the
+//! consumer acknowledges only after [`apply`] committed).
 
 use diesel::Connection;
 
 use super::handlers::{InstanceEvent, Plan};
-use crate::db::models::{self, NewAuditEvent};
+use crate::db::models::{self, AuditKind, NewAuditEvent};
 use crate::db::{DbConnection, DbError, DbResult};
 
 /// Who the termination requests name as their requester.
@@ -38,6 +41,9 @@ pub fn apply(conn: &mut DbConnection, plan: &Plan, node: &str) -> DbResult<Outco
     }
 }
 
+/// Ends access to the instance of `event`: asks every live session of its consoles to end,
+/// revokes its tokens, marks its consoles stale (the next use asks Nova again) and writes
+/// one audit event per console. An instance without consoles in kerbside changes nothing.
 fn end_instance_access(
     conn: &mut DbConnection,
     event: &InstanceEvent,
@@ -80,7 +86,7 @@ fn end_instance_access(
         event.event_type, event.what, outcome.sessions_terminated, outcome.tokens_revoked
     );
     for console in &consoles {
-        let audit = NewAuditEvent::new(node, audit_event_type(event.event_type), message.clone())
+        let audit = NewAuditEvent::new(node, AuditKind::Nova(event.event_type), message.clone())
             .source(console.source_id)
             .console(console.id);
         models::record_event(conn, &audit)?;
@@ -88,21 +94,12 @@ fn end_instance_access(
     Ok(outcome)
 }
 
-/// The audit event type for a Nova event type: `nova.` + the event type (at most 64
-/// characters, the column's width; Nova's longest are well under).
-#[must_use]
-pub fn audit_event_type(event_type: &str) -> String {
-    let mut s = format!("nova.{event_type}");
-    s.truncate(64);
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::db::models::{NewConsole, NewSession, SessionId};
+    use crate::db::models::SessionId;
     use crate::db::{Db, DbUrl, PoolOptions};
 
     const DELETED: &str = "0d1e7a52-6f4b-4c3e-9a8e-2b7d5c1f9e01";
@@ -132,44 +129,13 @@ mod tests {
         uuid: &str,
         hash_byte: char,
     ) -> SessionId {
-        let console = models::upsert_console(
-            conn,
-            &NewConsole {
-                source_id: source,
-                uuid: uuid.to_owned(),
-                name: "vm".to_owned(),
-                hypervisor: "hv".to_owned(),
-                hypervisor_ip: "127.0.0.1".to_owned(),
-                insecure_port: Some(5900),
-                secure_port: None,
-                host_subject: None,
-                ticket: None,
-            },
-        )
-        .unwrap();
         let hash = |n: char| {
             std::iter::repeat_n(n, 63)
                 .chain(std::iter::once(hash_byte))
                 .collect::<String>()
         };
-        let token =
-            models::insert_token(conn, console.id, &hash('a'), Duration::from_secs(600)).unwrap();
+        let (console, id) = models::fixtures::live_session(conn, source, uuid, &hash('a'));
         models::insert_token(conn, console.id, &hash('b'), Duration::from_secs(600)).unwrap();
-        let id = SessionId::generate();
-        let proxy_connection_id = models::allocate_connection_id(conn).unwrap();
-        models::create_session(
-            conn,
-            &NewSession {
-                id: id.clone(),
-                console_id: console.id,
-                token_id: Some(token.id),
-                client_address: "127.0.0.1:4000".to_owned(),
-                node: "n1".to_owned(),
-                proxy_connection_id,
-                upstream_session_id: None,
-            },
-        )
-        .unwrap();
         id
     }
 

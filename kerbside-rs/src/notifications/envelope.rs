@@ -6,6 +6,8 @@
 //! flattened `_context_*` keys; the older `messaging` driver sends that inner object bare.
 //! Both are accepted. A versioned payload is an oslo.versionedobject
 //! (`nova_object.name`/`.version`/`.data`); anything else is a legacy, unversioned payload.
+//!
+//! It does not interpret the event type or the payload's fields: the handlers do.
 
 use serde_json::{Map, Value};
 
@@ -73,7 +75,8 @@ impl Notification {
     }
 }
 
-/// Parses a message body.
+/// Parses a message body: the oslo 2.0 envelope or a bare message, then the fields every
+/// notification has. The payload is kept as sent; only `event_type` is required.
 ///
 /// # Errors
 /// [`NotifyError::Malformed`] when the body is not a JSON object, the envelope is broken or of
@@ -147,15 +150,8 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notifications::nova_fixture as fixture;
     use serde_json::json;
-
-    fn fixture(name: &str) -> Value {
-        let path = format!(
-            "{}/../tests/fixtures/notifications/nova/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    }
 
     /// What oslo.messaging's `messagingv2` driver puts on the wire.
     fn oslo_wrap(inner: &Value) -> Vec<u8> {

@@ -12,10 +12,17 @@
 //! - [`consumer`]: the lapin loop (declare, consume, settle, reconnect);
 //! - [`envelope`]: the oslo 2.0 envelope and versioned payloads (pure);
 //! - [`handlers`]: which event types matter and what to do about them (pure);
-//! - [`effects`]: doing it in the database, in one transaction.
+//! - [`effects`]: doing it in the database, in one transaction;
+//! - [`error`]: [`NotifyError`], and which failures retrying cannot fix.
 //!
-//! It depends on `config`, `db` and `metrics`; it never imports the proxy or the API. Sessions
-//! end through the database (`session_terminations`), which every proxy node polls.
+//! This module owns [`start`]: it checks the settings, spawns the consumer on the shutdown's
+//! task tracker and waits for its first connection attempt.
+//!
+//! It depends on `config`, `db`, `metrics`, `shutdown` and `telemetry`; it never imports the
+//! proxy or the API. It does not close connections: sessions end through the database
+//! (`session_terminations`), which every proxy node polls. What Nova must be configured to
+//! publish, and the exchange and queue settings of DevStack and Kolla-Ansible, are in the
+//! README.
 
 pub mod consumer;
 pub mod effects;
@@ -33,6 +40,17 @@ use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
+/// A notification payload captured from a real Nova, from
+/// `tests/fixtures/notifications/nova/` (for the unit tests of the pure parts).
+#[cfg(test)]
+pub(crate) fn nova_fixture(name: &str) -> serde_json::Value {
+    let path = format!(
+        "{}/../tests/fixtures/notifications/nova/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
 /// Starts the consumer on the shutdown's task tracker.
 ///
 /// The first connection attempt is awaited (bounded by a timeout): when the broker refuses
@@ -42,6 +60,10 @@ use crate::shutdown::Shutdown;
 ///
 /// # Errors
 /// No or an invalid `transport_url`; exchange or queue settings that do not match the broker.
+///
+/// # Cancel safety
+/// Not meant to be cancelled: dropped while it waits, the consumer it spawned keeps running
+/// on the tracker until the shutdown token fires.
 pub async fn start(
     config: Arc<Config>,
     db: Db,

@@ -236,15 +236,35 @@ impl TransportUrl {
     }
 }
 
+/// What is wrong with one `host[:port]` of a transport URL.
+#[derive(Debug, thiserror::Error)]
+enum HostPortError {
+    /// The port is not a number from 0 to 65535.
+    #[error("invalid port '{0}'")]
+    Port(String),
+    /// `[v6` without `]`.
+    #[error("unclosed '[' in the host")]
+    Unclosed,
+    /// Text after `[v6]` that is not a port.
+    #[error("unexpected '{0}' after the host")]
+    Trailing(String),
+    /// Nothing before the port.
+    #[error("no host name")]
+    NoHost,
+}
+
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
-    let parse_port = |p: &str| p.parse::<u16>().map_err(|_| format!("invalid port '{p}'"));
+fn split_host_port(s: &str) -> Result<(String, Option<u16>), HostPortError> {
+    let parse_port = |p: &str| {
+        p.parse::<u16>()
+            .map_err(|_| HostPortError::Port(p.to_owned()))
+    };
     if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or("unclosed '[' in the host")?;
+        let (host, after) = rest.split_once(']').ok_or(HostPortError::Unclosed)?;
         let port = match after.strip_prefix(':') {
             Some(p) => Some(parse_port(p)?),
             None if after.is_empty() => None,
-            None => return Err(format!("unexpected '{after}' after the host")),
+            None => return Err(HostPortError::Trailing(after.to_owned())),
         };
         return Ok((host.to_owned(), port));
     }
@@ -253,28 +273,43 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
         None => (s, None),
     };
     if host.is_empty() {
-        return Err("no host name".to_owned());
+        return Err(HostPortError::NoHost);
     }
     Ok((host.to_owned(), port))
 }
 
-/// Decodes `%XX` escapes; the result must be UTF-8.
-fn percent_decode(s: &str) -> Result<String, String> {
+/// Decodes `%XX` escapes; the result must be UTF-8. The error's words never repeat the text
+/// (it may be a password).
+fn percent_decode(s: &str) -> Result<String, PercentError> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or("truncated %-escape")?;
-            let hex = std::str::from_utf8(hex).map_err(|_| "invalid %-escape")?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| "invalid %-escape")?);
+            let hex = bytes.get(i + 1..i + 3).ok_or(PercentError::Truncated)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| PercentError::Invalid)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| PercentError::Invalid)?);
             i += 3;
         } else {
             out.push(b);
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| "not UTF-8 after %-decoding".to_owned())
+    String::from_utf8(out).map_err(|_| PercentError::NotUtf8)
+}
+
+/// Why a percent-encoded part does not decode.
+#[derive(Debug, thiserror::Error)]
+enum PercentError {
+    /// `%` near the end.
+    #[error("truncated %-escape")]
+    Truncated,
+    /// `%` not followed by two hex digits.
+    #[error("invalid %-escape")]
+    Invalid,
+    /// The bytes are not UTF-8.
+    #[error("not UTF-8 after %-decoding")]
+    NotUtf8,
 }
 
 #[cfg(test)]

@@ -1,31 +1,78 @@
-//! The pool of one-time RSA keys for the link stage.
+//! The RSA keys the proxy offers clients in its link replies, and how long each one serves.
 //!
-//! RSA-1024 key generation costs milliseconds of CPU, too much for the connection path, so
-//! dedicated threads keep a bounded queue of fresh keys. Each link takes one key and the key is
-//! consumed by the ticket decryption: no key ever decrypts two tickets, which leaves a timing
-//! attacker a single sample per key. When links arrive faster than keys are made, links wait
-//! for the next key instead of generating one on the async runtime.
+//! Generating an RSA-1024 key costs milliseconds of CPU, too much for the link path, so
+//! dedicated threads (named `kerbside-keygen-N`) keep a bounded queue of fresh keys made by
+//! OpenSSL. Links do not take a fresh key each: the pool hands out a *current* key until it
+//! has served `[proxy] ticket_key_uses` links or `ticket_key_lifetime` seconds have passed
+//! since its first link, then moves to the next fresh key. With `ticket_key_uses = 1` every
+//! link gets a key of its own, as spice-server does.
+//!
+//! Why reuse is sound here (the README's security section says it for operators): kerbside
+//! never reads a ticket outside TLS (its plain port answers NEED_SECURED first), so nobody but
+//! the client sees an encrypted ticket; a client only ever holds ciphertexts it made itself,
+//! so a decryption oracle against a shared key tells it nothing it did not know; decryption
+//! is OpenSSL's (blinded, constant-time padding check); and the bound on uses and lifetime
+//! caps whatever an oracle could still give.
+//!
+//! This module owns key generation threads and the reuse policy; it does not decrypt (that is
+//! `spice::TicketKey`) and knows nothing of sessions or tokens.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 
 use crate::spice::TicketKey;
 
-/// A shared queue of pre-generated one-time keys. Cheap to clone.
+/// How many links a key serves and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// Links one key serves at most (at least 1).
+    pub uses: u32,
+    /// Time a key serves at most, counted from its first link.
+    pub lifetime: Duration,
+}
+
+/// Why no key could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyPoolError {
+    /// Every generator thread has stopped (key generation keeps failing).
+    #[error("the RSA key generators have stopped")]
+    Stopped,
+}
+
+/// The key in service: how many more links it may serve and until when.
+struct Current {
+    key: Arc<TicketKey>,
+    uses_left: u32,
+    expires: Instant,
+}
+
+/// A shared pool of ticket keys. Cheap to clone.
 #[derive(Clone)]
 pub struct KeyPool {
-    keys: Arc<Mutex<mpsc::Receiver<TicketKey>>>,
+    /// Fresh keys from the generator threads.
+    fresh: Arc<tokio::sync::Mutex<mpsc::Receiver<TicketKey>>>,
+    /// The key being handed out, if any is still within its bounds.
+    current: Arc<Mutex<Option<Current>>>,
+    /// The reuse bounds.
+    policy: KeyPolicy,
+    /// Links served (keys handed out, counting reuse).
+    taken: Arc<AtomicU64>,
+    /// Keys taken into service.
+    rotated: Arc<AtomicU64>,
+    /// Set when the last handle is dropped: generator threads exit.
     stopped: Arc<AtomicBool>,
 }
 
 impl KeyPool {
-    /// Starts `threads` generator threads keeping up to `size` keys ready.
+    /// Starts `threads` generator threads keeping up to `size` fresh keys ready, handing them
+    /// out under `policy`.
     ///
     /// # Errors
     /// When a thread cannot be spawned.
-    pub fn start(size: usize, threads: usize) -> std::io::Result<KeyPool> {
+    pub fn start(size: usize, threads: usize, policy: KeyPolicy) -> std::io::Result<KeyPool> {
         let (tx, rx) = mpsc::channel(size.max(1));
         let stopped = Arc::new(AtomicBool::new(false));
         for n in 0..threads.max(1) {
@@ -36,30 +83,77 @@ impl KeyPool {
                 .spawn(move || generate_keys(&tx, &stopped))?;
         }
         Ok(KeyPool {
-            keys: Arc::new(Mutex::new(rx)),
+            fresh: Arc::new(tokio::sync::Mutex::new(rx)),
+            current: Arc::default(),
+            policy: KeyPolicy {
+                uses: policy.uses.max(1),
+                lifetime: policy.lifetime,
+            },
+            taken: Arc::default(),
+            rotated: Arc::default(),
             stopped,
         })
     }
 
-    /// Takes a fresh key, waiting for one if the pool is empty.
+    /// A key for one link: the current key while it is within its bounds, else the next fresh
+    /// one (waiting for it if the generators are behind).
     ///
     /// # Errors
-    /// When every generator thread has stopped (key generation keeps failing).
+    /// `Stopped` when every generator thread has stopped.
     ///
     /// # Cancel safety
-    /// Cancel safe: a key is only removed from the queue when this returns it.
-    pub async fn take(&self) -> Result<TicketKey, &'static str> {
-        self.keys
-            .lock()
-            .await
-            .recv()
-            .await
-            .ok_or("the RSA key generators have stopped")
+    /// Cancel safe: a fresh key is only taken from the queue when this returns it.
+    pub async fn take(&self) -> Result<Arc<TicketKey>, KeyPoolError> {
+        if let Some(key) = self.take_current(Instant::now()) {
+            return Ok(key);
+        }
+        let mut fresh = self.fresh.lock().await;
+        // Another link may have put a fresh key in service while this one waited.
+        if let Some(key) = self.take_current(Instant::now()) {
+            return Ok(key);
+        }
+        let key = Arc::new(fresh.recv().await.ok_or(KeyPoolError::Stopped)?);
+        self.rotated.fetch_add(1, Ordering::Relaxed);
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        *current = (self.policy.uses > 1).then(|| Current {
+            key: key.clone(),
+            uses_left: self.policy.uses - 1,
+            expires: Instant::now() + self.policy.lifetime,
+        });
+        Ok(key)
     }
 
-    /// Number of keys ready now.
+    /// The current key, counting one use, if it has uses and time left.
+    fn take_current(&self, now: Instant) -> Option<Arc<TicketKey>> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let usable = current
+            .as_ref()
+            .is_some_and(|c| c.uses_left > 0 && now < c.expires);
+        if !usable {
+            // Drop a spent key now rather than at the next rotation.
+            *current = None;
+            return None;
+        }
+        let c = current.as_mut()?;
+        c.uses_left -= 1;
+        self.taken.fetch_add(1, Ordering::Relaxed);
+        Some(c.key.clone())
+    }
+
+    /// Links served so far (a key reused for ten links counts ten).
+    pub fn taken(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
+    }
+
+    /// Keys put into service so far.
+    pub fn rotated(&self) -> u64 {
+        self.rotated.load(Ordering::Relaxed)
+    }
+
+    /// Number of fresh keys ready now.
     pub fn ready(&self) -> usize {
-        self.keys.try_lock().map_or(0, |rx| rx.len())
+        self.fresh.try_lock().map_or(0, |rx| rx.len())
     }
 }
 
@@ -73,10 +167,9 @@ impl Drop for KeyPool {
 }
 
 fn generate_keys(tx: &mpsc::Sender<TicketKey>, stopped: &AtomicBool) {
-    let mut rng = rand::rngs::OsRng;
     let mut failures = 0u32;
     while !stopped.load(Ordering::Relaxed) {
-        match TicketKey::generate(&mut rng) {
+        match TicketKey::generate() {
             Ok(key) => {
                 failures = 0;
                 if tx.blocking_send(key).is_err() {
@@ -98,13 +191,84 @@ fn generate_keys(tx: &mpsc::Sender<TicketKey>, stopped: &AtomicBool) {
 mod tests {
     use super::*;
 
+    fn policy(uses: u32, lifetime_ms: u64) -> KeyPolicy {
+        KeyPolicy {
+            uses,
+            lifetime: Duration::from_millis(lifetime_ms),
+        }
+    }
+
     #[tokio::test]
-    async fn keys_are_distinct_and_refilled() {
-        let pool = KeyPool::start(2, 1).unwrap();
-        let a = pool.take().await.unwrap();
-        let b = pool.take().await.unwrap();
-        let c = pool.take().await.unwrap();
-        assert_ne!(a.public_der(), b.public_der());
-        assert_ne!(b.public_der(), c.public_der());
+    async fn one_use_keys_are_all_distinct() {
+        let pool = KeyPool::start(2, 1, policy(1, 60_000)).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..5 {
+            let key = pool.take().await.unwrap();
+            assert!(seen.insert(*key.public_der()), "a one-use key was reused");
+        }
+        assert_eq!(pool.taken(), 5);
+        assert_eq!(pool.rotated(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_key_serves_exactly_its_uses() {
+        let pool = KeyPool::start(2, 1, policy(3, 60_000)).unwrap();
+        let mut keys = Vec::new();
+        for _ in 0..7 {
+            keys.push(*pool.take().await.unwrap().public_der());
+        }
+        assert_eq!(keys[0], keys[1]);
+        assert_eq!(keys[1], keys[2]);
+        assert_ne!(keys[2], keys[3]);
+        assert_eq!(keys[3], keys[4]);
+        assert_eq!(keys[4], keys[5]);
+        assert_ne!(keys[5], keys[6]);
+        assert_eq!(pool.taken(), 7);
+        assert_eq!(pool.rotated(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_key_expires_after_its_lifetime_however_few_uses() {
+        let pool = KeyPool::start(2, 1, policy(1000, 200)).unwrap();
+        let first = *pool.take().await.unwrap().public_der();
+        assert_eq!(*pool.take().await.unwrap().public_der(), first);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let later = *pool.take().await.unwrap().public_der();
+        assert_ne!(later, first, "a key outlived its lifetime");
+        assert_eq!(pool.rotated(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_links_share_the_bound() {
+        let pool = KeyPool::start(4, 1, policy(4, 60_000)).unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { *pool.take().await.unwrap().public_der() })
+            })
+            .collect();
+        let mut uses = std::collections::HashMap::<_, u32>::new();
+        for task in tasks {
+            *uses.entry(task.await.unwrap()).or_default() += 1;
+        }
+        assert!(
+            uses.values().all(|n| *n <= 4),
+            "a key served more than 4 links"
+        );
+        assert_eq!(uses.values().sum::<u32>(), 16);
+        assert_eq!(pool.taken(), 16);
+    }
+
+    #[tokio::test]
+    async fn reused_key_decrypts_every_links_ticket() {
+        let pool = KeyPool::start(1, 1, policy(8, 60_000)).unwrap();
+        for token in ["one", "two", "three"] {
+            let key = pool.take().await.unwrap();
+            let ciphertext =
+                crate::spice::encrypt_ticket(key.public_der(), token.as_bytes()).unwrap();
+            let ticket = key.decrypt_ticket(&ciphertext).unwrap();
+            assert_eq!(ticket.as_str(), Some(token));
+        }
+        assert_eq!(pool.rotated(), 1);
     }
 }

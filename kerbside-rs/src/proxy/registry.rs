@@ -12,17 +12,20 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use super::end::EndReason;
 use super::relay::Meter;
+use super::target::ConsoleTarget;
+use crate::db::models::{ConsoleId, ConsoleTokenId, SessionId};
 
 /// A session as this process sees it.
 #[derive(Debug)]
 pub struct LocalSession {
     /// Session id (uuid).
-    pub id: String,
+    pub id: SessionId,
     /// The console row.
-    pub console_id: i64,
+    pub console_id: ConsoleId,
     /// The token that opened the session.
-    pub token_id: Option<i64>,
+    pub token_id: Option<ConsoleTokenId>,
     /// The connection id the client was given in MAIN_INIT.
     pub proxy_connection_id: u32,
     /// Whether this process relays the session's main channel.
@@ -31,9 +34,16 @@ pub struct LocalSession {
     pub cancel: CancellationToken,
     /// The hypervisor's session id (0 until MAIN_INIT arrives).
     upstream_session_id: AtomicU32,
-    reason: Mutex<Option<String>>,
+    reason: Mutex<Option<EndReason>>,
     meters: Mutex<Vec<Arc<Meter>>>,
     channels: AtomicUsize,
+    /// Where the session's console is, as read when the session started or was first seen on
+    /// this node: the session's other channels link there without asking the database again.
+    /// (A console that moves or stops has its sessions ended by the notification consumer.)
+    target: Mutex<Option<Arc<ConsoleTarget>>>,
+    /// The firewall profile the session started with: set by the node holding its main
+    /// channel when it starts, and read from the session's row by the other nodes.
+    firewall: std::sync::OnceLock<Arc<crate::spice::firewall::Profile>>,
     /// Holds a `[proxy] max_sessions` slot while the main channel lives.
     _slot: Option<OwnedSemaphorePermit>,
 }
@@ -42,9 +52,9 @@ impl LocalSession {
     /// A session record; `cancel` should be a child of the process's stop token so that the end
     /// of the drain period closes the session.
     pub fn new(
-        id: String,
-        console_id: i64,
-        token_id: Option<i64>,
+        id: SessionId,
+        console_id: ConsoleId,
+        token_id: Option<ConsoleTokenId>,
         proxy_connection_id: u32,
         upstream_session_id: Option<u32>,
         slot: Option<OwnedSemaphorePermit>,
@@ -61,8 +71,34 @@ impl LocalSession {
             reason: Mutex::new(None),
             meters: Mutex::new(Vec::new()),
             channels: AtomicUsize::new(0),
+            target: Mutex::new(None),
+            firewall: std::sync::OnceLock::new(),
             _slot: slot,
         }
+    }
+
+    /// Remembers where the session's console is.
+    pub fn set_target(&self, target: ConsoleTarget) -> Arc<ConsoleTarget> {
+        let target = Arc::new(target);
+        if let Ok(mut slot) = self.target.lock() {
+            *slot = Some(target.clone());
+        }
+        target
+    }
+
+    /// Where the session's console is, if known here.
+    pub fn target(&self) -> Option<Arc<ConsoleTarget>> {
+        self.target.lock().ok().and_then(|t| t.clone())
+    }
+
+    /// Records the firewall profile the session started with (first call wins).
+    pub fn set_firewall_profile(&self, profile: Arc<crate::spice::firewall::Profile>) {
+        let _ = self.firewall.set(profile);
+    }
+
+    /// The firewall profile the session started with, when known here.
+    pub fn firewall_profile(&self) -> Option<Arc<crate::spice::firewall::Profile>> {
+        self.firewall.get().cloned()
     }
 
     /// The hypervisor's session id, once known.
@@ -104,17 +140,17 @@ impl LocalSession {
     }
 
     /// Ends the session in this process with a reason (the first reason given wins).
-    pub fn end(&self, reason: &str) {
+    pub fn end(&self, reason: EndReason) {
         if let Ok(mut slot) = self.reason.lock()
             && slot.is_none()
         {
-            *slot = Some(reason.to_owned());
+            *slot = Some(reason);
         }
         self.cancel.cancel();
     }
 
     /// Why the session was ended, if it was.
-    pub fn end_reason(&self) -> Option<String> {
+    pub fn end_reason(&self) -> Option<EndReason> {
         self.reason.lock().ok().and_then(|r| r.clone())
     }
 }
@@ -127,8 +163,8 @@ pub struct Registry {
 
 #[derive(Debug, Default)]
 struct Inner {
-    by_id: HashMap<String, Arc<LocalSession>>,
-    by_connection: HashMap<u32, String>,
+    by_id: HashMap<SessionId, Arc<LocalSession>>,
+    by_connection: HashMap<u32, SessionId>,
 }
 
 impl Registry {

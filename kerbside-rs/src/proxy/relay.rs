@@ -1,13 +1,16 @@
-//! Relaying a linked channel between client and hypervisor.
+//! Relaying a linked channel between client and hypervisor: every channel goes through the
+//! same filtered copy (see the `copy` module), whose firewall filters frame both directions,
+//! apply the channel's profile, replace `MAIN_INIT`'s session id by the proxy's own connection
+//! id, and replace migration messages (which carry hypervisor addresses) by no-ops while
+//! telling the hypervisor the client cannot follow. With `[firewall] mode = off` the channels
+//! those fixed rules do not concern are copied opaquely instead (still with writes towards the
+//! client ending at message boundaries). Buffers are bounded and each write completes before
+//! the next read (backpressure).
 //!
-//! Most channels are copied as opaque bytes with bounded buffers, backpressure (each write
-//! completes before the next read) and half-close. Only the main channel is framed, because the
-//! proxy must see two kinds of message there: `MAIN_INIT`, whose session id is replaced by the
-//! proxy's own connection id, and the migration messages that carry hypervisor addresses, which
-//! are replaced one for one by an empty message list (so the client's message count, which ACKs
-//! and serials depend on, stays right) and answered upstream so the hypervisor does not wait.
+//! A relay ends when either side closes (SPICE never half-closes), fails, idles out or is
+//! cancelled; [`RelayEnd`] says which, naming the side and keeping a failure's cause, and both
+//! legs are then closed with a TLS `close_notify`.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,36 +20,13 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::error::{ProxyError, Side};
-use crate::spice::consts::{
-    MSG_MAIN_INIT, MSG_MAIN_MIGRATE_BEGIN, MSG_MAIN_MIGRATE_BEGIN_SEAMLESS,
-    MSGC_MAIN_MIGRATE_CONNECT_ERROR,
-};
-use crate::spice::{
-    ChannelType, Framer, HeaderKind, encode_client_message, is_migration_message, noop_message,
-    set_main_init_session_id,
-};
-
-/// Largest main-channel message body either side may send through the proxy. spice-gtk and
-/// spice-server chunk agent data at 2 KiB; anything near this limit is hostile.
-pub const MAIN_MAX_BODY: u32 = 1024 * 1024;
-
-/// Initial buffer size for the framed main channel, which carries small messages (agent data
-/// comes in 2 KiB chunks). A buffer that grew for a large message is given back once empty.
-const MAIN_BUFFER: usize = 4 * 1024;
-
-/// Largest buffer capacity the main channel keeps once its buffer is empty.
-const MAIN_BUFFER_KEEP: usize = 16 * 1024;
-
-/// Replaces an empty buffer that grew past [`MAIN_BUFFER_KEEP`] with a fresh small one.
-fn shrink_if_empty(buf: &mut Vec<u8>) {
-    if buf.is_empty() && buf.capacity() > MAIN_BUFFER_KEEP {
-        *buf = Vec::with_capacity(MAIN_BUFFER);
-    }
-}
+use super::copy::{CopyEnd, CopyError, Peer, copy_filtered};
+pub use super::copy::{FilterHooks, Filtering, MainInitHook, RecordWrite};
+use super::error::{ProxyError, Side, io_words};
+use crate::spice::HeaderKind;
+use crate::spice::firewall::{FirewallError, Rule, Summary};
 
 /// Live byte counters and activity time of one channel, shared with the session registry.
 #[derive(Debug)]
@@ -115,17 +95,136 @@ impl Meter {
     }
 }
 
-/// Why a relay ended.
+/// Why a relay ended. Every end that one side caused names that side; a failure keeps its
+/// cause (the `io::Error` or framing error) for logs, while `Display` gives the words users
+/// read in end reasons.
 #[derive(Debug)]
 pub enum RelayEnd {
-    /// Both directions reached end of stream (or the client closed).
+    /// This side closed its connection (with or without a TLS `close_notify`) first.
     Closed(Side),
     /// No data in either direction for the idle timeout.
     Idle,
     /// Cancelled: terminated, or the process is stopping.
     Cancelled,
-    /// A socket or framing error.
-    Failed(ProxyError),
+    /// A firewall rule closed the channel on a message from this side.
+    Blocked {
+        /// The rule.
+        rule: Rule,
+        /// Who sent the message.
+        side: Side,
+    },
+    /// A read, write, flush or shutdown of this side's connection failed (socket or TLS).
+    Io {
+        /// Whose connection failed.
+        side: Side,
+        /// The error.
+        error: io::Error,
+    },
+    /// This side's bytes are not valid SPICE framing.
+    Framing {
+        /// Who sent them.
+        side: Side,
+        /// What is wrong with them.
+        error: FirewallError,
+    },
+    /// Kerbside's own bookkeeping failed during the relay (recording the hypervisor's session
+    /// id at `MAIN_INIT`).
+    Internal(ProxyError),
+}
+
+impl RelayEnd {
+    /// The side that ended the relay, when one did (`Internal` for kerbside's own failures).
+    pub fn side(&self) -> Option<Side> {
+        match self {
+            RelayEnd::Closed(side)
+            | RelayEnd::Blocked { side, .. }
+            | RelayEnd::Io { side, .. }
+            | RelayEnd::Framing { side, .. } => Some(*side),
+            RelayEnd::Internal(_) => Some(Side::Internal),
+            RelayEnd::Idle | RelayEnd::Cancelled => None,
+        }
+    }
+
+    /// The underlying error of a failure, for logs (its library details stay out of the end
+    /// reason).
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RelayEnd::Io { error, .. } => Some(error),
+            RelayEnd::Framing { error, .. } => Some(error),
+            RelayEnd::Internal(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for RelayEnd {
+    /// The end reason users read: words that name the side, never a library's error text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RelayEnd::Closed(Side::Client) => f.write_str("the client closed the connection"),
+            RelayEnd::Closed(Side::Server) => f.write_str("the hypervisor closed the connection"),
+            RelayEnd::Closed(Side::Internal) => f.write_str("kerbside closed the connection"),
+            RelayEnd::Idle => f.write_str("idle timeout"),
+            RelayEnd::Cancelled => f.write_str("cancelled"),
+            RelayEnd::Blocked { rule, side } => write!(
+                f,
+                "the firewall closed the channel (rule {rule}) on a message from the {}",
+                side.as_str()
+            ),
+            RelayEnd::Io {
+                side: Side::Client,
+                error,
+            } => write!(f, "client connection failed: {}", io_words(error)),
+            RelayEnd::Io {
+                side: Side::Server,
+                error,
+            } => write!(f, "hypervisor connection failed: {}", io_words(error)),
+            RelayEnd::Io {
+                side: Side::Internal,
+                error,
+            } => write!(f, "kerbside's connection failed: {}", io_words(error)),
+            RelayEnd::Framing { side, error } => {
+                write!(f, "{} sent invalid framing: {error}", side.as_str())
+            }
+            RelayEnd::Internal(error) => error.fmt(f),
+        }
+    }
+}
+
+/// Time allowed for closing both legs cleanly once a relay ends.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The side a stream of the copy stands for.
+fn side_of(peer: Peer) -> Side {
+    match peer {
+        Peer::A => Side::Client,
+        Peer::B => Side::Server,
+    }
+}
+
+/// Closes both legs of an ended relay: a TLS `close_notify` (then FIN) to each, then reads
+/// and drops whatever the client still sends until it closes too, all within [`CLOSE_GRACE`].
+///
+/// Reading on is what lets the client see the `close_notify`: a socket closed with unread
+/// bytes is answered by the kernel with a reset, which can overtake the alert.
+///
+/// # Cancel safety
+/// Dropping the future drops nothing but time; the caller drops the streams.
+async fn close_legs<C, U>(client: &mut C, upstream: &mut U)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        let _ = tokio::join!(client.shutdown(), upstream.shutdown());
+        let mut scratch = [0u8; 1024];
+        while let Ok(n) = client.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Counts the bytes read through a stream into one of the meter's counters.
@@ -148,6 +247,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
             self.meter.add(self.direction, read);
         }
         poll
+    }
+}
+
+impl<S: RecordWrite + Unpin> RecordWrite for Metered<'_, S> {
+    fn poll_write_record(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_record(cx, buf)
     }
 }
 
@@ -181,18 +290,27 @@ async fn idle_watch(meter: &Meter, limit: Duration) {
     }
 }
 
-/// Copies an opaque channel both ways until both sides close, the channel idles out, or
-/// `cancel` fires.
-pub async fn relay_opaque<C, U>(
+/// Relays one channel through its firewall filters, or opaquely (see the `copy` module),
+/// until either side closes, a rule or malformed framing ends it, the channel idles out, or
+/// `cancel` fires, then closes both legs cleanly. Returns how it ended and the merged firewall
+/// summary.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the relay needs each of these and nothing else"
+)]
+pub async fn relay_channel<C, U>(
     client: C,
     upstream: U,
+    kind: HeaderKind,
+    filtering: Filtering,
+    hooks: FilterHooks<'_>,
     meter: Arc<Meter>,
     idle_timeout: Duration,
     cancel: CancellationToken,
-) -> RelayEnd
+) -> (RelayEnd, Summary)
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + RecordWrite + Unpin,
+    U: AsyncRead + RecordWrite + Unpin,
 {
     meter.touch();
     let mut client = Metered {
@@ -205,207 +323,76 @@ where
         meter: &meter,
         direction: Direction::ToClient,
     };
-    let copy = super::copy::copy_bidirectional(&mut client, &mut upstream);
-    tokio::select! {
-        result = copy => match result {
-            Ok(_) => RelayEnd::Closed(Side::Client),
-            Err(e) => RelayEnd::Failed(ProxyError::ClientIo(e)),
-        },
-        () = idle_watch(&meter, idle_timeout) => RelayEnd::Idle,
-        () = cancel.cancelled() => RelayEnd::Cancelled,
-    }
-}
-
-/// A callback run when the hypervisor's `MAIN_INIT` arrives, with its session id, before the
-/// rewritten message reaches the client (so other channels can be routed as soon as the
-/// client learns the id).
-pub type MainInitHook<'a> = Box<
-    dyn FnOnce(u32) -> Pin<Box<dyn Future<Output = Result<(), ProxyError>> + Send + 'a>>
-        + Send
-        + 'a,
->;
-
-/// Relays the main channel with the framing described in the module documentation.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the relay needs each of these and nothing else"
-)]
-pub async fn relay_main<C, U>(
-    client: C,
-    upstream: U,
-    kind: HeaderKind,
-    proxy_connection_id: u32,
-    on_init: MainInitHook<'_>,
-    meter: Arc<Meter>,
-    idle_timeout: Duration,
-    cancel: CancellationToken,
-) -> RelayEnd
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    meter.touch();
-    let (mut client_rd, mut client_wr) = tokio::io::split(client);
-    let (mut up_rd, mut up_wr) = tokio::io::split(upstream);
-    let framer = Framer::new(kind, MAIN_MAX_BODY);
-    // Messages the proxy sends the hypervisor on the client's behalf.
-    let (inject_tx, inject_rx) = mpsc::channel::<Vec<u8>>(8);
-
-    let down = server_to_client(
-        &mut up_rd,
-        &mut client_wr,
-        framer,
-        proxy_connection_id,
-        on_init,
-        inject_tx,
-        &meter,
-    );
-    let up = client_to_server(&mut client_rd, &mut up_wr, framer, inject_rx, &meter);
-    tokio::select! {
-        end = down => end,
-        end = up => end,
-        () = idle_watch(&meter, idle_timeout) => RelayEnd::Idle,
-        () = cancel.cancelled() => RelayEnd::Cancelled,
-    }
-}
-
-async fn server_to_client<R, W>(
-    upstream: &mut R,
-    client: &mut W,
-    framer: Framer,
-    proxy_connection_id: u32,
-    on_init: MainInitHook<'_>,
-    inject: mpsc::Sender<Vec<u8>>,
-    meter: &Meter,
-) -> RelayEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut on_init = Some(on_init);
-    let mut buf: Vec<u8> = Vec::with_capacity(MAIN_BUFFER);
-    let mut out: Vec<u8> = Vec::with_capacity(MAIN_BUFFER);
-    loop {
-        match upstream.read_buf(&mut buf).await {
-            Ok(0) => {
-                let _ = client.shutdown().await;
-                return RelayEnd::Closed(Side::Server);
-            }
-            Ok(n) => meter.add(Direction::ToClient, n),
-            Err(e) => {
-                return RelayEnd::Failed(ProxyError::HypervisorProtocol {
-                    addr: String::new(),
-                    reason: format!("read failed: {e}"),
-                });
-            }
-        }
-        let mut frames = framer.frames(&buf);
-        for frame in frames.by_ref() {
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(error) => {
-                    return RelayEnd::Failed(ProxyError::Framing {
-                        side: Side::Server,
+    let (end, summary) = {
+        let copy = copy_filtered(&mut client, &mut upstream, kind, filtering, hooks);
+        tokio::pin!(copy);
+        let mut summary = None;
+        let end = tokio::select! {
+            (result, s) = &mut copy => {
+                summary = Some(s);
+                match result {
+                    Ok(CopyEnd::Eof(peer)) => RelayEnd::Closed(side_of(peer)),
+                    Ok(CopyEnd::Closed(peer, rule)) => RelayEnd::Blocked { rule, side: side_of(peer) },
+                    Err(CopyError::Io { peer, error }) => RelayEnd::Io { side: side_of(peer), error },
+                    Err(CopyError::Framing(error)) => RelayEnd::Framing {
+                        side: if error.blames_hypervisor() { Side::Server } else { Side::Client },
                         error,
-                    });
+                    },
+                    Err(CopyError::Hook(error)) => RelayEnd::Internal(error),
                 }
-            };
-            let msg_type = frame.header.msg_type;
-            if msg_type == MSG_MAIN_INIT && on_init.is_some() {
-                let start = out.len();
-                out.extend_from_slice(frame.bytes);
-                let body = out.get_mut(start + frame.header_len..).unwrap_or_default();
-                let upstream_id = crate::spice::main_init_session_id(body);
-                if let (Some(upstream_id), Some(hook)) = (upstream_id, on_init.take()) {
-                    if let Err(e) = hook(upstream_id).await {
-                        return RelayEnd::Failed(e);
-                    }
-                    set_main_init_session_id(body, proxy_connection_id);
-                }
-                continue;
-            }
-            if is_migration_message(ChannelType::Main, msg_type) {
-                // Never let a client learn (or be sent to) a hypervisor address. The client's
-                // migration state machine never starts, so the address-free follow-ups are
-                // replaced too.
-                tracing::warn!(
-                    msg_type,
-                    "hypervisor sent a migration message: not forwarded to the client"
-                );
-                out.extend_from_slice(&noop_message(framer.kind, frame.header.serial));
-                if matches!(
-                    msg_type,
-                    MSG_MAIN_MIGRATE_BEGIN | MSG_MAIN_MIGRATE_BEGIN_SEAMLESS
-                ) {
-                    // The hypervisor waits up to 10 s for an answer: say now that the client
-                    // cannot follow.
-                    let reply =
-                        encode_client_message(framer.kind, 0, MSGC_MAIN_MIGRATE_CONNECT_ERROR, &[]);
-                    let _ = inject.try_send(reply);
-                }
-                continue;
-            }
-            out.extend_from_slice(frame.bytes);
-        }
-        let consumed = frames.consumed();
-        buf.drain(..consumed);
-        shrink_if_empty(&mut buf);
-        if !out.is_empty() {
-            if let Err(e) = client.write_all(&out).await {
-                return RelayEnd::Failed(ProxyError::ClientIo(e));
-            }
-            out.clear();
-            shrink_if_empty(&mut out);
-        }
-    }
+            },
+            () = idle_watch(&meter, idle_timeout) => RelayEnd::Idle,
+            () = cancel.cancelled() => RelayEnd::Cancelled,
+        };
+        (end, summary.unwrap_or_default())
+    };
+    close_legs(&mut client, &mut upstream).await;
+    (end, summary)
 }
 
-async fn client_to_server<R, W>(
-    client: &mut R,
-    upstream: &mut W,
-    framer: Framer,
-    mut inject: mpsc::Receiver<Vec<u8>>,
-    meter: &Meter,
-) -> RelayEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf: Vec<u8> = Vec::with_capacity(MAIN_BUFFER);
-    loop {
-        tokio::select! {
-            // Only whole client messages are ever written upstream, so an injected message
-            // always lands on a message boundary.
-            Some(message) = inject.recv() => {
-                if let Err(e) = upstream.write_all(&message).await {
-                    return RelayEnd::Failed(ProxyError::HypervisorProtocol { addr: String::new(), reason: format!("write failed: {e}") });
-                }
-            }
-            read = client.read_buf(&mut buf) => {
-                match read {
-                    Ok(0) => {
-                        let _ = upstream.shutdown().await;
-                        return RelayEnd::Closed(Side::Client);
-                    }
-                    Ok(n) => meter.add(Direction::ToServer, n),
-                    Err(e) => return RelayEnd::Failed(ProxyError::ClientIo(e)),
-                }
-                let mut whole = 0;
-                let mut frames = framer.frames(&buf);
-                for frame in frames.by_ref() {
-                    if let Err(error) = frame {
-                        return RelayEnd::Failed(ProxyError::Framing { side: Side::Client, error });
-                    }
-                }
-                whole += frames.consumed();
-                if whole > 0 {
-                    if let Err(e) = upstream.write_all(buf.get(..whole).unwrap_or_default()).await {
-                        return RelayEnd::Failed(ProxyError::HypervisorProtocol { addr: String::new(), reason: format!("write failed: {e}") });
-                    }
-                    buf.drain(..whole);
-                    shrink_if_empty(&mut buf);
-                }
-            }
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ends_name_their_side_and_keep_their_cause() {
+        let reset = RelayEnd::Io {
+            side: Side::Server,
+            error: io::Error::from(io::ErrorKind::ConnectionReset),
+        };
+        assert_eq!(
+            reset.to_string(),
+            "hypervisor connection failed: connection reset"
+        );
+        assert_eq!(reset.side(), Some(Side::Server));
+        let cause = reset.cause().and_then(|c| c.downcast_ref::<io::Error>());
+        assert_eq!(
+            cause.map(io::Error::kind),
+            Some(io::ErrorKind::ConnectionReset)
+        );
+        // What tokio-rustls returns when a client vanishes without close_notify: the reason
+        // has words, the cause keeps the library's text.
+        let eof = RelayEnd::Io {
+            side: Side::Client,
+            error: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed connection without sending TLS close_notify: \
+                 https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof",
+            ),
+        };
+        assert_eq!(
+            eof.to_string(),
+            "client connection failed: connection closed unexpectedly"
+        );
+        assert!(
+            eof.cause()
+                .is_some_and(|c| c.to_string().contains("close_notify"))
+        );
+        assert_eq!(RelayEnd::Idle.side(), None);
+        assert!(RelayEnd::Cancelled.cause().is_none());
+        assert_eq!(
+            RelayEnd::Closed(Side::Client).to_string(),
+            "the client closed the connection"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! rustls configurations: the server side clients reach, and the client side towards
-//! hypervisors, which verifies the hypervisor's certificate against a CA and, when a host
-//! subject is known, requires exactly that subject (in any RDN order) instead of a host name,
-//! as spice-gtk does.
+//! hypervisors, which verifies the hypervisor's certificate against a CA and either the server
+//! name the connection is made with (the console's `hypervisor`, see `upstream`) or, when a
+//! host subject is known, exactly that subject (in any RDN order) instead of any name, as
+//! spice-gtk does.
 
 use std::fmt;
 use std::path::Path;
@@ -15,7 +16,7 @@ use rustls::{
     SignatureScheme,
 };
 
-use crate::tlsutil::{self, DnEntry};
+use crate::tlsutil::{self, DnEntry, TlsError};
 
 /// Installs the process-wide crypto provider (aws-lc-rs). Safe to call repeatedly.
 pub fn install_crypto_provider() {
@@ -25,20 +26,18 @@ pub fn install_crypto_provider() {
 /// The TLS configuration of the client-facing listener.
 ///
 /// # Errors
-/// A message naming the file that cannot be used.
-pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, String> {
+/// [`TlsError`] naming the file that cannot be used.
+pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     install_crypto_provider();
     let certs = tlsutil::load_certs(cert_file)?;
     let key = tlsutil::load_key(key_file)?;
     let config = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| {
-            format!(
-                "{} and {} do not form a usable TLS identity: {e}",
-                cert_file.display(),
-                key_file.display()
-            )
+        .map_err(|source| TlsError::Identity {
+            cert: cert_file.to_path_buf(),
+            key: key_file.to_path_buf(),
+            source,
         })?;
     Ok(Arc::new(config))
 }
@@ -47,21 +46,19 @@ pub fn server_config(cert_file: &Path, key_file: &Path) -> Result<Arc<ServerConf
 /// certificate subject `host_subject`.
 ///
 /// # Errors
-/// A message when the CA holds no usable certificate.
+/// [`TlsError`] when the CA holds no usable certificate.
 pub fn hypervisor_client_config(
     ca: &[CertificateDer<'static>],
     host_subject: Option<Vec<DnEntry>>,
-) -> Result<Arc<ClientConfig>, String> {
+) -> Result<Arc<ClientConfig>, TlsError> {
     install_crypto_provider();
     let mut roots = RootCertStore::empty();
     for cert in ca {
-        roots
-            .add(cert.clone())
-            .map_err(|e| format!("unusable CA certificate: {e}"))?;
+        roots.add(cert.clone()).map_err(TlsError::TrustAnchor)?;
     }
     let webpki = WebPkiServerVerifier::builder(Arc::new(roots))
         .build()
-        .map_err(|e| format!("cannot build a certificate verifier: {e}"))?;
+        .map_err(TlsError::Verifier)?;
     let verifier = Arc::new(SubjectVerifier {
         webpki,
         host_subject,

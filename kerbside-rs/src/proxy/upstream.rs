@@ -12,7 +12,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 
-use super::error::ProxyError;
+use super::error::{HypervisorFailure, ProxyError, Unusable};
 use crate::spice::consts::{AUTH_SPICE, COMMON_CAP_AUTH_SELECTION, COMMON_CAP_AUTH_SPICE};
 use crate::spice::{
     LinkError, LinkMessage, LinkReply, SpiceError, encode_auth_mechanism, encrypt_ticket,
@@ -25,12 +25,21 @@ pub type UpstreamStream = Either<TcpStream, TlsStream<TcpStream>>;
 /// Where and how to reach one console's hypervisor.
 #[derive(Clone)]
 pub struct Target {
-    /// Host or address to connect to.
+    /// The console's uuid, for messages.
+    pub console: String,
+    /// Host or address to connect to (the console's `hypervisor_ip`).
     pub host: String,
+    /// The name the hypervisor's TLS certificate must carry (the console's `hypervisor`), unless
+    /// the TLS configuration checks a host subject instead.
+    pub tls_name: String,
     /// Plain SPICE port, if the hypervisor has one.
     pub plain_port: Option<u16>,
     /// TLS SPICE port and the TLS configuration to use on it.
     pub tls: Option<(u16, Arc<ClientConfig>)>,
+    /// Whether that configuration checks a host subject instead of `tls_name`.
+    pub subject_checked: bool,
+    /// Why `tls` is `None`, for the error when the hypervisor insists on TLS.
+    pub no_tls_reason: &'static str,
     /// The console's SPICE ticket (password); empty when the hypervisor has none.
     pub ticket: Vec<u8>,
     /// Time allowed for connect, TLS and the link exchange.
@@ -40,7 +49,9 @@ pub struct Target {
 impl std::fmt::Debug for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Target")
+            .field("console", &self.console)
             .field("host", &self.host)
+            .field("tls_name", &self.tls_name)
             .field("plain_port", &self.plain_port)
             .field("tls_port", &self.tls.as_ref().map(|t| t.0))
             .finish_non_exhaustive()
@@ -57,8 +68,10 @@ pub struct Linked {
     pub addr: String,
 }
 
-/// Connects and sends the link message: TLS when the target has a TLS port configured, else
-/// plain; a plain link answered with NEED_SECURED is retried on the TLS port.
+/// Connects and sends the link message: over TLS when the target has a TLS port and a CA to
+/// verify it with, else plain. A plain link answered with NEED_SECURED fails with an error
+/// that says what TLS lacks (a TLS port, or a CA): kerbside never speaks TLS to a hypervisor
+/// whose certificate it cannot verify.
 ///
 /// # Errors
 /// Unreachable hypervisor, TLS failure, a refused link (with its code), protocol errors.
@@ -69,22 +82,21 @@ pub async fn link(target: &Target, message: &LinkMessage) -> Result<Linked, Prox
         }
         let Some(port) = target.plain_port else {
             return Err(ProxyError::ConsoleUnusable {
-                console: target.host.clone(),
-                reason: "no port to connect to".to_owned(),
+                console: target.console.clone(),
+                reason: Unusable::NoPort,
             });
         };
         link_once(target, port, None, message).await
     };
-    let first = tokio::time::timeout(target.timeout, attempt)
+    tokio::time::timeout(target.timeout, attempt)
         .await
-        .map_err(|_| timeout_error(target))??;
-    Ok(first)
+        .map_err(|_| timeout_error(target))?
 }
 
 fn timeout_error(target: &Target) -> ProxyError {
     ProxyError::HypervisorUnreachable {
         addr: target.host.clone(),
-        cause: format!("no answer within {} s", target.timeout.as_secs()),
+        cause: HypervisorFailure::NoAnswer(target.timeout.as_secs()),
     }
 }
 
@@ -95,24 +107,40 @@ async fn link_once(
     message: &LinkMessage,
 ) -> Result<Linked, ProxyError> {
     let addr = format!("{}:{port}", target.host);
-    let unreachable = |cause: String| ProxyError::HypervisorUnreachable {
+    let unreachable = |cause: HypervisorFailure| ProxyError::HypervisorUnreachable {
         addr: addr.clone(),
         cause,
     };
     let tcp = TcpStream::connect((target.host.as_str(), port))
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(HypervisorFailure::Connect(e)))?;
     let _ = tcp.set_nodelay(true);
     let mut stream: UpstreamStream = match tls {
         Some(config) => {
-            let name = ServerName::try_from(target.host.clone())
-                .map_err(|e| unreachable(format!("invalid host name: {e}")))?;
+            // The certificate is checked against the hypervisor's name (or the host
+            // subject, see `tls`), never against the address connected to.
+            let name = ServerName::try_from(target.tls_name.clone())
+                .or_else(|e| {
+                    // With a host subject the name is not checked: any valid one will do.
+                    if target.subject_checked {
+                        ServerName::try_from(target.host.clone())
+                    } else {
+                        Err(e)
+                    }
+                })
+                .map_err(|_| ProxyError::ConsoleUnusable {
+                    console: target.console.clone(),
+                    reason: Unusable::InvalidTlsName(target.tls_name.clone()),
+                })?;
             let tls = TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
-                .map_err(|e| ProxyError::HypervisorProtocol {
+                .map_err(|source| ProxyError::HypervisorProtocol {
                     addr: addr.clone(),
-                    reason: format!("TLS failed: {e}"),
+                    reason: HypervisorFailure::Tls {
+                        name: target.tls_name.clone(),
+                        source,
+                    },
                 })?;
             Either::Right(tls)
         }
@@ -121,15 +149,16 @@ async fn link_once(
     stream
         .write_all(&message.encode())
         .await
-        .map_err(|e| unreachable(format!("write failed: {e}")))?;
+        .map_err(|e| unreachable(HypervisorFailure::Write(e)))?;
     let reply = read_reply(&mut stream, &addr).await?;
     if reply.error != LinkError::Ok {
         if reply.error == LinkError::NeedSecured && target.tls.is_none() {
             return Err(ProxyError::ConsoleUnusable {
-                console: addr,
-                reason:
-                    "the hypervisor requires TLS but no TLS port or CA is known for this console"
-                        .to_owned(),
+                console: target.console.clone(),
+                reason: Unusable::NeedsTls {
+                    addr,
+                    why: target.no_tls_reason,
+                },
             });
         }
         return Err(ProxyError::HypervisorRefused {
@@ -161,13 +190,13 @@ async fn read_reply<S: AsyncRead + Unpin>(
                     .await
                     .map_err(|e| ProxyError::HypervisorProtocol {
                         addr: addr.to_owned(),
-                        reason: format!("link reply cut short: {e}"),
+                        reason: HypervisorFailure::ReplyCut(e),
                     })?;
             }
             Err(e) => {
                 return Err(ProxyError::HypervisorProtocol {
                     addr: addr.to_owned(),
-                    reason: format!("invalid link reply: {e}"),
+                    reason: HypervisorFailure::InvalidReply(e),
                 });
             }
         }
@@ -181,7 +210,7 @@ async fn read_reply<S: AsyncRead + Unpin>(
 /// PERMISSION_DENIED), a hypervisor that only offers SASL, or I/O failures.
 pub async fn authenticate(linked: &mut Linked, target: &Target) -> Result<(), ProxyError> {
     let addr = linked.addr.clone();
-    let protocol = |reason: String| ProxyError::HypervisorProtocol {
+    let protocol = |reason: HypervisorFailure| ProxyError::HypervisorProtocol {
         addr: addr.clone(),
         reason,
     };
@@ -189,20 +218,16 @@ pub async fn authenticate(linked: &mut Linked, target: &Target) -> Result<(), Pr
     let mut out = Vec::with_capacity(4 + 128);
     if caps.has_common(COMMON_CAP_AUTH_SELECTION) {
         if !caps.has_common(COMMON_CAP_AUTH_SPICE) {
-            return Err(protocol(
-                "the hypervisor only offers SASL authentication, which kerbside does not speak"
-                    .to_owned(),
-            ));
+            return Err(protocol(HypervisorFailure::SaslOnly));
         }
         out.extend_from_slice(&encode_auth_mechanism(AUTH_SPICE));
     }
-    let mut rng = rand::rngs::OsRng;
-    let ticket = encrypt_ticket(&mut rng, &linked.reply.pub_key, &target.ticket)
-        .map_err(|e| protocol(format!("cannot encrypt the ticket: {e}")))?;
+    let ticket = encrypt_ticket(&linked.reply.pub_key, &target.ticket)
+        .map_err(|e| protocol(HypervisorFailure::TicketEncryption(e)))?;
     out.extend_from_slice(&ticket);
     let io = |e: std::io::Error| ProxyError::HypervisorProtocol {
         addr: addr.clone(),
-        reason: format!("authentication failed: {e}"),
+        reason: HypervisorFailure::Authentication(e),
     };
     linked.stream.write_all(&out).await.map_err(io)?;
     let mut result = [0u8; 4];
@@ -213,6 +238,6 @@ pub async fn authenticate(linked: &mut Linked, target: &Target) -> Result<(), Pr
     match parse_link_result(&result) {
         Ok(LinkError::Ok) => Ok(()),
         Ok(code) => Err(ProxyError::HypervisorRefused { addr, code }),
-        Err(e) => Err(protocol(format!("invalid link result: {e}"))),
+        Err(e) => Err(protocol(HypervisorFailure::InvalidResult(e))),
     }
 }

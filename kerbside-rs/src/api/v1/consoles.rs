@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{no_target, rfc3339};
 use crate::api::auth::Identity;
 use crate::api::error::{ApiError, ErrorBody};
-use crate::api::server::ApiState;
+use crate::api::state::ApiState;
 use crate::db::models::{self, AuditEvent, Console, MAX_PAGE_SIZE};
 
 /// A console. Its SPICE ticket is never shown, only whether it has one.
@@ -205,7 +205,10 @@ pub struct EventView {
     pub event_time: String,
     /// Node that recorded it.
     pub node: String,
-    /// Type, e.g. `token.created`, `session.started`.
+    /// What it records: `token.created`, `session.created`, `session.ended`,
+    /// `session.termination_requested`, `channel.created`, `channel.ended`,
+    /// `hypervisor.connected`, `hypervisor.failed`, `firewall.verdicts`, or `nova.` and the
+    /// Nova notification that ended access (e.g. `nova.instance.delete.end`). Stable names.
     pub event_type: String,
     /// Session, if any.
     pub session_id: Option<String>,

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use super::{no_target, rfc3339};
 use crate::api::auth::Identity;
 use crate::api::error::{ApiError, ErrorBody};
-use crate::api::server::ApiState;
+use crate::api::state::ApiState;
 use crate::db::models::{self, Source};
 
 /// A console source.

@@ -9,20 +9,84 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::channel::ChannelId;
-use super::console::ConsoleId;
-use super::session::SessionId;
-use super::source::SourceId;
-use super::{id_newtype, page_size};
+use super::ids::{AuditEventId, ChannelId, ConsoleId, SessionId, SourceId};
+use super::page_size;
 use crate::db::conn::DbConnection;
 use crate::db::error::{DbError, DbResult};
 use crate::db::now;
 use crate::db::schema::audit_events;
 
-id_newtype!(
-    /// Surrogate key of an [`AuditEvent`]; also its position in the trail.
-    AuditEventId
-);
+/// What an audit event records: one list for every writer (the API, the proxy, the
+/// notification consumer and `kerbside-manage`). [`AuditKind::name`] is the stable string
+/// stored in `audit_events.event_type`, filtered on and shown by the API; it never changes
+/// for an existing kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditKind {
+    /// `token.created`: a console token was issued (API, Nova exchange, `kerbside-manage`).
+    TokenCreated,
+    /// `session.created`: a client's main channel was authorized.
+    SessionCreated,
+    /// `session.ended`: the session ended (the message says why and the bytes moved).
+    SessionEnded,
+    /// `session.termination_requested`: an operator asked for a session to end.
+    SessionTerminationRequested,
+    /// `channel.created`: a channel of a session was linked.
+    ChannelCreated,
+    /// `channel.ended`: a channel closed.
+    ChannelEnded,
+    /// `hypervisor.connected`: a channel reached the hypervisor.
+    HypervisorConnected,
+    /// `hypervisor.failed`: the hypervisor could not be reached or refused the link.
+    HypervisorFailed,
+    /// `firewall.verdicts`: a channel's SPICE firewall verdict counts (never contents).
+    FirewallVerdicts,
+    /// `nova.<event type>`: a Nova notification ended access to an instance's console.
+    Nova(&'static str),
+}
+
+impl AuditKind {
+    /// Every kind with a fixed name (the Nova kinds follow Nova's event types).
+    pub const FIXED: [AuditKind; 9] = [
+        AuditKind::TokenCreated,
+        AuditKind::SessionCreated,
+        AuditKind::SessionEnded,
+        AuditKind::SessionTerminationRequested,
+        AuditKind::ChannelCreated,
+        AuditKind::ChannelEnded,
+        AuditKind::HypervisorConnected,
+        AuditKind::HypervisorFailed,
+        AuditKind::FirewallVerdicts,
+    ];
+
+    /// The stored name, at most 64 characters (the column's width).
+    #[must_use]
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        use std::borrow::Cow;
+        Cow::Borrowed(match self {
+            AuditKind::TokenCreated => "token.created",
+            AuditKind::SessionCreated => "session.created",
+            AuditKind::SessionEnded => "session.ended",
+            AuditKind::SessionTerminationRequested => "session.termination_requested",
+            AuditKind::ChannelCreated => "channel.created",
+            AuditKind::ChannelEnded => "channel.ended",
+            AuditKind::HypervisorConnected => "hypervisor.connected",
+            AuditKind::HypervisorFailed => "hypervisor.failed",
+            AuditKind::FirewallVerdicts => "firewall.verdicts",
+            AuditKind::Nova(event_type) => {
+                let mut name = format!("nova.{event_type}");
+                // Nova's longest event types are well under; never overflow the column.
+                name.truncate(64);
+                return Cow::Owned(name);
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for AuditKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
 
 /// An audit event row.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
@@ -35,7 +99,8 @@ pub struct AuditEvent {
     pub event_time: NaiveDateTime,
     /// The node that recorded it.
     pub node: String,
-    /// Short machine-readable kind, e.g. `"session.start"`.
+    /// The [`AuditKind`]'s name, e.g. `"session.created"` (kept as text: rows written by
+    /// another release may name kinds this one does not know).
     pub event_type: String,
     /// The source involved, if any.
     pub source_id: Option<SourceId>,
@@ -72,14 +137,10 @@ pub struct NewAuditEvent {
 impl NewAuditEvent {
     /// An event with no references; add them with the builder methods.
     #[must_use]
-    pub fn new(
-        node: impl Into<String>,
-        event_type: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
+    pub fn new(node: impl Into<String>, kind: AuditKind, message: impl Into<String>) -> Self {
         Self {
             node: node.into(),
-            event_type: event_type.into(),
+            event_type: kind.name().into_owned(),
             source_id: None,
             console_id: None,
             session_id: None,
@@ -157,12 +218,25 @@ pub fn record_events_at(
 ) -> DbResult<()> {
     conn.transaction::<_, DbError, _>(|conn| {
         for (event, at) in events {
-            diesel::insert_into(audit_events::table)
-                .values((event, audit_events::event_time.eq(*at)))
-                .execute(conn)?;
+            append_event_at(conn, event, *at)?;
         }
         Ok(())
     })
+}
+
+/// Append one event with the time it happened, without reading it back.
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn append_event_at(
+    conn: &mut DbConnection,
+    event: &NewAuditEvent,
+    at: NaiveDateTime,
+) -> DbResult<()> {
+    diesel::insert_into(audit_events::table)
+        .values((event, audit_events::event_time.eq(at)))
+        .execute(conn)?;
+    Ok(())
 }
 
 /// Append an event with an explicit time (for events observed earlier, and for tests).
@@ -265,4 +339,37 @@ pub fn delete_events_before(conn: &mut DbConnection, before: NaiveDateTime) -> D
         diesel::delete(audit_events::table.filter(audit_events::event_time.lt(before)))
             .execute(conn)?,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_have_stable_distinct_names_that_fit_the_column() {
+        let names: Vec<String> = AuditKind::FIXED
+            .iter()
+            .map(|k| k.name().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "token.created",
+                "session.created",
+                "session.ended",
+                "session.termination_requested",
+                "channel.created",
+                "channel.ended",
+                "hypervisor.connected",
+                "hypervisor.failed",
+                "firewall.verdicts",
+            ]
+        );
+        assert_eq!(
+            AuditKind::Nova("instance.delete.end").to_string(),
+            "nova.instance.delete.end"
+        );
+        let long = AuditKind::Nova("instance.a_very_long_event_type_that_nova_does_not_have.end");
+        assert_eq!(long.name().len(), 64);
+    }
 }

@@ -1,24 +1,21 @@
 //! `channels`: one SPICE channel connection (main, display, inputs, ...) within a session.
 //!
 //! A channel row is written when the proxy has linked a channel on both sides and ended
-//! with its byte counts when either side closes. Channels belong to one session and are
-//! deleted with it.
+//! with its byte counts when either side closes. The proxy writes both through its
+//! write-behind queue, so a row may reach the database later than it happened: it picks
+//! the id itself ([`new_channel_id`]) and passes the original times
+//! ([`create_channel_with_id_at`], [`end_channel_at`]). Channels belong to one session and
+//! are deleted with it (`ON DELETE CASCADE`).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::session::SessionId;
-use super::{counter, id_newtype};
+use super::counter;
+use super::ids::{ChannelId, SessionId};
 use crate::db::conn::DbConnection;
 use crate::db::error::{DbError, DbResult};
 use crate::db::now;
 use crate::db::schema::channels;
-
-id_newtype!(
-    /// Surrogate key of a [`Channel`] row (not the SPICE channel id, which is
-    /// [`Channel::channel_id`]).
-    ChannelId
-);
 
 /// A channel row.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
@@ -63,6 +60,31 @@ pub struct NewChannel {
     pub client_address: String,
 }
 
+/// A fresh channel id chosen by the caller, so that a channel's row can be written later
+/// (through the proxy's write-behind queue) and still be known now: random in `1..2^53`, so
+/// it stays exact in JSON numbers; a collision, about one in 2^53 per pair, fails the insert.
+pub fn new_channel_id() -> ChannelId {
+    use rand::Rng;
+    ChannelId(rand::thread_rng().gen_range(1..(1_i64 << 53)))
+}
+
+/// Record a newly linked channel under the id `id` (see [`new_channel_id`]), linked at `at`.
+///
+/// # Errors
+/// [`DbError::Query`] (a foreign-key violation if the session does not exist, a conflict if
+/// the id is taken).
+pub fn create_channel_with_id_at(
+    conn: &mut DbConnection,
+    id: ChannelId,
+    new: &NewChannel,
+    at: NaiveDateTime,
+) -> DbResult<()> {
+    diesel::insert_into(channels::table)
+        .values((channels::id.eq(id), new, channels::created_at.eq(at)))
+        .execute(conn)?;
+    Ok(())
+}
+
 /// Record a newly linked channel.
 ///
 /// # Errors
@@ -101,13 +123,27 @@ pub fn end_channel(
     bytes_to_client: u64,
     bytes_to_server: u64,
 ) -> DbResult<bool> {
+    end_channel_at(conn, id, bytes_to_client, bytes_to_server, now())
+}
+
+/// [`end_channel`] with the time it ended, for ends observed earlier and written later.
+///
+/// # Errors
+/// [`DbError::NotFound`] if there is no such channel.
+pub fn end_channel_at(
+    conn: &mut DbConnection,
+    id: ChannelId,
+    bytes_to_client: u64,
+    bytes_to_server: u64,
+    at: NaiveDateTime,
+) -> DbResult<bool> {
     let updated = diesel::update(
         channels::table
             .filter(channels::id.eq(id))
             .filter(channels::ended_at.is_null()),
     )
     .set((
-        channels::ended_at.eq(now()),
+        channels::ended_at.eq(at),
         channels::bytes_to_client.eq(counter(bytes_to_client)),
         channels::bytes_to_server.eq(counter(bytes_to_server)),
     ))
@@ -127,5 +163,24 @@ pub fn list_channels(conn: &mut DbConnection, session_id: &SessionId) -> DbResul
         .filter(channels::session_id.eq(session_id))
         .select(Channel::as_select())
         .order(channels::id.asc())
+        .load(conn)?)
+}
+
+/// The channels of every session in `session_ids`, by session then id (one query, for
+/// listings).
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn list_channels_of_sessions(
+    conn: &mut DbConnection,
+    session_ids: &[SessionId],
+) -> DbResult<Vec<Channel>> {
+    if session_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(channels::table
+        .filter(channels::session_id.eq_any(session_ids))
+        .select(Channel::as_select())
+        .order((channels::session_id.asc(), channels::id.asc()))
         .load(conn)?)
 }

@@ -2,9 +2,10 @@
 //!
 //! A console is keyed by (source, instance uuid). Sources upsert consoles as they discover
 //! them; a static source that is re-read removes the ones it no longer lists. A Nova
-//! notification about an instance (migration, reboot, deletion) marks its consoles
-//! `stale`: the hypervisor, port or ticket may have changed, and a fresh Nova lookup is
-//! needed before the next connection. The next upsert clears the flag.
+//! notification that ends access to an instance (deletion, power-off, shelving, rebuild,
+//! migration, ...) marks its consoles `stale`: the hypervisor, port or ticket may have
+//! changed, and a fresh Nova lookup is needed before the next connection. The next upsert
+//! clears the flag.
 //!
 //! The `ticket` (hypervisor SPICE password) is stored because the proxy needs it to link
 //! upstream; it is a [`Ticket`] so it cannot be logged or serialized by accident.
@@ -12,17 +13,12 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::source::SourceId;
-use super::{Ticket, UPSERT_ATTEMPTS, id_newtype};
+use super::ids::{ConsoleId, SourceId};
+use super::{Ticket, UPSERT_ATTEMPTS};
 use crate::db::conn::DbConnection;
 use crate::db::error::{DbError, DbResult};
 use crate::db::now;
 use crate::db::schema::{consoles, sources};
-
-id_newtype!(
-    /// Surrogate key of a [`Console`].
-    ConsoleId
-);
 
 /// A console row.
 #[derive(Debug, Clone, Queryable, Selectable, Identifiable)]
@@ -55,6 +51,8 @@ pub struct Console {
     pub discovered_at: NaiveDateTime,
     /// When it last changed (UTC).
     pub updated_at: NaiveDateTime,
+    /// The SPICE firewall profile its source or Nova flavor names; `None`: the default.
+    pub firewall_profile: Option<String>,
 }
 
 /// What a source knows about a console; input to [`upsert_console`].
@@ -79,6 +77,8 @@ pub struct NewConsole {
     pub host_subject: Option<String>,
     /// Hypervisor SPICE password.
     pub ticket: Option<Ticket>,
+    /// The SPICE firewall profile its source or Nova flavor names.
+    pub firewall_profile: Option<String>,
 }
 
 /// The columns an upsert overwrites. `None` writes NULL (a ticket that went away must not
@@ -101,6 +101,8 @@ pub struct ConsoleChanges {
     pub host_subject: Option<String>,
     /// Hypervisor SPICE password.
     pub ticket: Option<Ticket>,
+    /// Firewall profile name.
+    pub firewall_profile: Option<String>,
     /// Staleness flag.
     pub stale: bool,
     /// Change time.
@@ -119,6 +121,7 @@ impl ConsoleChanges {
             secure_port: new.secure_port,
             host_subject: new.host_subject.clone(),
             ticket: new.ticket.clone(),
+            firewall_profile: new.firewall_profile.clone(),
             stale: false,
             updated_at: at,
         }

@@ -11,19 +11,13 @@ use std::time::Duration;
 use chrono::{NaiveDateTime, TimeDelta};
 use diesel::prelude::*;
 
-use super::console::{Console, ConsoleId};
-use super::id_newtype;
-use super::session::SessionId;
+use super::console::Console;
+use super::ids::{ConsoleId, ConsoleTokenId, SessionId};
 use crate::db::conn::DbConnection;
 use crate::db::error::{DbError, DbResult};
 use crate::db::now;
-use crate::db::schema::{console_tokens, consoles, sessions};
+use crate::db::schema::{console_tokens, consoles, sessions, sources};
 pub use crate::token::{generate_token, hash_token, is_token_hash};
-
-id_newtype!(
-    /// Surrogate key of a [`ConsoleToken`].
-    ConsoleTokenId
-);
 
 /// A token row. Holds the digest only, never the token.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
@@ -203,6 +197,32 @@ pub fn find_valid_token(
         .optional()?)
 }
 
+/// The token with digest `token_hash`, its console and the CA of the console's source, in
+/// one query: everything the proxy needs to authorize a link. Validity is the caller's to
+/// check, so it can tell an expired token from a revoked one. A malformed digest matches
+/// nothing (see [`find_token_by_hash`]).
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn find_token_with_console(
+    conn: &mut DbConnection,
+    token_hash: &str,
+) -> DbResult<Option<(ConsoleToken, Console, Option<String>)>> {
+    if !is_token_hash(token_hash) {
+        return Ok(None);
+    }
+    Ok(console_tokens::table
+        .inner_join(consoles::table.inner_join(sources::table))
+        .filter(console_tokens::token_hash.eq(token_hash))
+        .select((
+            ConsoleToken::as_select(),
+            Console::as_select(),
+            sources::ca_cert,
+        ))
+        .first(conn)
+        .optional()?)
+}
+
 /// Bind token `token_id` to `session_id` if nobody has bound it yet and it is still valid.
 ///
 /// Atomic: one `UPDATE ... WHERE session_id IS NULL`, so concurrent callers (on any node)
@@ -274,6 +294,43 @@ pub fn revoke_tokens_for_instance(
     Ok(diesel::update(
         console_tokens::table
             .filter(console_tokens::console_id.eq_any(console_ids))
+            .filter(console_tokens::revoked_at.is_null()),
+    )
+    .set((
+        console_tokens::revoked_at.eq(now()),
+        console_tokens::revoke_reason.eq(reason),
+    ))
+    .execute(conn)?)
+}
+
+/// Revoke the tokens of session `session_id`: the one that opened it and any bound to it.
+/// Returns how many were still valid. Terminating a session calls this so that the same
+/// `.vv` file cannot open a new session; the user needs a newly minted token.
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn revoke_session_tokens(
+    conn: &mut DbConnection,
+    session_id: &SessionId,
+    reason: &str,
+) -> DbResult<usize> {
+    let opener = sessions::table
+        .filter(sessions::id.eq(session_id))
+        .select(sessions::token_id)
+        .first::<Option<ConsoleTokenId>>(conn)
+        .optional()?
+        .flatten();
+    let mut ids: Vec<ConsoleTokenId> = console_tokens::table
+        .filter(console_tokens::session_id.eq(session_id))
+        .select(console_tokens::id)
+        .load(conn)?;
+    ids.extend(opener);
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    Ok(diesel::update(
+        console_tokens::table
+            .filter(console_tokens::id.eq_any(ids))
             .filter(console_tokens::revoked_at.is_null()),
     )
     .set((

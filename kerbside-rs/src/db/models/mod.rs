@@ -1,8 +1,8 @@
 //! Rows, inserts and changesets for every table, and the operations the product runs on
 //! them.
 //!
-//! Conventions (see STYLE.md §6): a row is `Console`, an insert `NewConsole`, a changeset
-//! `ConsoleChanges`, and ids are newtypes such as [`ConsoleId`]. Operations are plain
+//! Conventions: a row is `Console`, an insert `NewConsole`, a changeset `ConsoleChanges`, and
+//! ids are newtypes such as [`ConsoleId`], all in [`ids`]. Operations are plain
 //! synchronous functions taking `&mut DbConnection`; async callers wrap them in
 //! [`crate::db::Db::run`]. `get_*` returns [`crate::db::DbError::NotFound`] when the row is
 //! absent, `find_*` returns `Option`.
@@ -16,17 +16,23 @@ pub mod audit_event;
 pub mod channel;
 pub mod console;
 pub mod console_token;
+#[cfg(test)]
+pub mod fixtures;
+pub mod ids;
 pub mod session;
 pub mod session_termination;
 pub mod source;
+pub mod web_session;
 
 pub use self::audit_event::*;
 pub use self::channel::*;
 pub use self::console::*;
 pub use self::console_token::*;
+pub use self::ids::*;
 pub use self::session::*;
 pub use self::session_termination::*;
 pub use self::source::*;
+pub use self::web_session::*;
 
 use diesel::backend::Backend as DieselBackend;
 use diesel::deserialize::{self, FromSql, FromSqlRow};
@@ -40,71 +46,6 @@ pub const MAX_PAGE_SIZE: i64 = 1000;
 
 /// How many times an upsert retries after losing an insert race.
 pub(crate) const UPSERT_ATTEMPTS: usize = 3;
-
-/// Define an `i64` surrogate-key newtype usable directly in Diesel queries.
-macro_rules! id_newtype {
-    ($(#[$meta:meta])* $name:ident) => {
-        $(#[$meta])*
-        #[derive(
-            Debug,
-            Clone,
-            Copy,
-            PartialEq,
-            Eq,
-            Hash,
-            PartialOrd,
-            Ord,
-            diesel::expression::AsExpression,
-            diesel::deserialize::FromSqlRow,
-            serde::Serialize,
-            serde::Deserialize,
-        )]
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        #[serde(transparent)]
-        pub struct $name(pub i64);
-
-        impl<DB> diesel::serialize::ToSql<diesel::sql_types::BigInt, DB> for $name
-        where
-            DB: diesel::backend::Backend,
-            i64: diesel::serialize::ToSql<diesel::sql_types::BigInt, DB>,
-        {
-            fn to_sql<'b>(
-                &'b self,
-                out: &mut diesel::serialize::Output<'b, '_, DB>,
-            ) -> diesel::serialize::Result {
-                <i64 as diesel::serialize::ToSql<diesel::sql_types::BigInt, DB>>::to_sql(
-                    &self.0, out,
-                )
-            }
-        }
-
-        impl<DB> diesel::deserialize::FromSql<diesel::sql_types::BigInt, DB> for $name
-        where
-            DB: diesel::backend::Backend,
-            i64: diesel::deserialize::FromSql<diesel::sql_types::BigInt, DB>,
-        {
-            fn from_sql(bytes: DB::RawValue<'_>) -> diesel::deserialize::Result<Self> {
-                <i64 as diesel::deserialize::FromSql<diesel::sql_types::BigInt, DB>>::from_sql(
-                    bytes,
-                )
-                .map(Self)
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                std::fmt::Display::fmt(&self.0, f)
-            }
-        }
-
-        impl From<i64> for $name {
-            fn from(id: i64) -> Self {
-                Self(id)
-            }
-        }
-    };
-}
-pub(crate) use id_newtype;
 
 /// A hypervisor's SPICE password, as stored in `consoles.ticket`.
 ///

@@ -1,101 +1,27 @@
 //! `sessions`: one proxied SPICE session (a main channel and its secondary channels).
 //!
 //! A session is created by the proxy node that accepted its main channel and ended by that
-//! node. Its `proxy_connection_id` is the connection id the proxy gave the client in
+//! node (or, for sessions a stopped node left open, by that node when it starts again:
+//! [`end_sessions_on_node`]). Its `proxy_connection_id` is the connection id the proxy gave the client in
 //! `MAIN_INIT`; secondary channels present it, so it must be unique among live sessions on
 //! all nodes. The schema enforces that (a partial unique index on SQLite, a unique key on a
 //! generated column on MySQL), [`allocate_connection_id`] picks a free one, and
 //! [`create_session`] reports the rare collision between two nodes as a conflict to retry.
 
 use chrono::NaiveDateTime;
-use diesel::backend::Backend as DieselBackend;
-use diesel::deserialize::{self, FromSql, FromSqlRow};
-use diesel::expression::AsExpression;
 use diesel::prelude::*;
-use diesel::serialize::{self, Output, ToSql};
-use diesel::sql_types::Text;
 use rand::Rng;
 
-use super::console::ConsoleId;
-use super::console_token::ConsoleTokenId;
+use super::console::Console;
 use super::counter;
+use super::ids::{ConsoleId, ConsoleTokenId, SessionId};
 use crate::db::conn::DbConnection;
 use crate::db::error::{DbError, DbResult};
 use crate::db::now;
-use crate::db::schema::{channels, consoles, sessions};
+use crate::db::schema::{channels, consoles, sessions, sources};
 
 /// How many random connection ids [`allocate_connection_id`] tries before giving up.
 const CONNECTION_ID_ATTEMPTS: usize = 16;
-
-/// A session id: a UUID in its 36-character hyphenated form.
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    AsExpression,
-    FromSqlRow,
-    serde::Serialize,
-    serde::Deserialize,
-)]
-#[diesel(sql_type = Text)]
-#[serde(transparent)]
-pub struct SessionId(pub String);
-
-impl SessionId {
-    /// A new random (v4) session id.
-    #[must_use]
-    pub fn generate() -> Self {
-        Self(uuid::Uuid::new_v4().hyphenated().to_string())
-    }
-
-    /// The id as a string.
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for SessionId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl From<String> for SessionId {
-    fn from(id: String) -> Self {
-        Self(id)
-    }
-}
-
-impl From<&str> for SessionId {
-    fn from(id: &str) -> Self {
-        Self(id.to_owned())
-    }
-}
-
-impl<DB> ToSql<Text, DB> for SessionId
-where
-    DB: DieselBackend,
-    str: ToSql<Text, DB>,
-{
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, DB>) -> serialize::Result {
-        <str as ToSql<Text, DB>>::to_sql(self.0.as_str(), out)
-    }
-}
-
-impl<DB> FromSql<Text, DB> for SessionId
-where
-    DB: DieselBackend,
-    String: FromSql<Text, DB>,
-{
-    fn from_sql(bytes: DB::RawValue<'_>) -> deserialize::Result<Self> {
-        <String as FromSql<Text, DB>>::from_sql(bytes).map(Self)
-    }
-}
 
 /// A session row.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
@@ -126,6 +52,10 @@ pub struct Session {
     pub bytes_to_client: i64,
     /// Bytes relayed to the hypervisor, all channels.
     pub bytes_to_server: i64,
+    /// The SPICE firewall profile in force (`None` for sessions started before firewalling).
+    pub firewall_profile: Option<String>,
+    /// How the client reached the proxy: `tls` (a SPICE client) or `websocket` (a browser).
+    pub transport: String,
 }
 
 impl Session {
@@ -154,6 +84,10 @@ pub struct NewSession {
     pub proxy_connection_id: i64,
     /// Upstream connection id, if already linked.
     pub upstream_session_id: Option<i64>,
+    /// The SPICE firewall profile in force.
+    pub firewall_profile: Option<String>,
+    /// How the client reached the proxy: `tls` or `websocket`.
+    pub transport: String,
 }
 
 /// Record a new live session.
@@ -212,17 +146,66 @@ pub fn list_sessions(conn: &mut DbConnection, active_only: bool) -> DbResult<Vec
     Ok(query.load(conn)?)
 }
 
-/// Live sessions run by proxy node `node`, oldest first.
+/// A session with the identity of its console, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionListing {
+    /// The session.
+    pub session: Session,
+    /// Its console's instance UUID (`None` if the console row is gone).
+    pub console_uuid: Option<String>,
+    /// Its console's name.
+    pub console_name: Option<String>,
+}
+
+/// Sessions with their consoles' UUIDs and names, newest first; only live ones when
+/// `active_only`.
 ///
 /// # Errors
 /// [`DbError::Query`] on database failure.
-pub fn live_sessions_on_node(conn: &mut DbConnection, node: &str) -> DbResult<Vec<Session>> {
-    Ok(sessions::table
-        .filter(sessions::node.eq(node))
-        .filter(sessions::ended_at.is_null())
-        .select(Session::as_select())
-        .order((sessions::created_at.asc(), sessions::id.asc()))
-        .load(conn)?)
+pub fn list_session_listings(
+    conn: &mut DbConnection,
+    active_only: bool,
+) -> DbResult<Vec<SessionListing>> {
+    let mut query = sessions::table
+        .left_join(consoles::table)
+        .select((
+            Session::as_select(),
+            consoles::uuid.nullable(),
+            consoles::name.nullable(),
+        ))
+        .order((sessions::created_at.desc(), sessions::id.asc()))
+        .into_boxed();
+    if active_only {
+        query = query.filter(sessions::ended_at.is_null());
+    }
+    let rows: Vec<(Session, Option<String>, Option<String>)> = query.load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(session, console_uuid, console_name)| SessionListing {
+            session,
+            console_uuid,
+            console_name,
+        })
+        .collect())
+}
+
+/// Session `id` with its console's UUID and name.
+///
+/// # Errors
+/// [`DbError::NotFound`] if there is no such session.
+pub fn get_session_listing(conn: &mut DbConnection, id: &SessionId) -> DbResult<SessionListing> {
+    let session = get_session(conn, id)?;
+    let console: Option<(String, String)> = consoles::table
+        .find(session.console_id)
+        .select((consoles::uuid, consoles::name))
+        .first(conn)
+        .optional()?;
+    let (console_uuid, console_name) = console.unzip();
+    Ok(SessionListing {
+        session,
+        console_uuid,
+        console_name,
+    })
 }
 
 /// End session `id` with final byte counts. Returns `false` if it had already ended
@@ -237,13 +220,29 @@ pub fn end_session(
     bytes_to_client: u64,
     bytes_to_server: u64,
 ) -> DbResult<bool> {
+    end_session_at(conn, id, reason, bytes_to_client, bytes_to_server, now())
+}
+
+/// [`end_session`] with the time it ended, for ends observed earlier and written later (the
+/// proxy's write-behind queue keeps the original time through a database outage).
+///
+/// # Errors
+/// [`DbError::NotFound`] if there is no such session.
+pub fn end_session_at(
+    conn: &mut DbConnection,
+    id: &SessionId,
+    reason: &str,
+    bytes_to_client: u64,
+    bytes_to_server: u64,
+    at: NaiveDateTime,
+) -> DbResult<bool> {
     let updated = diesel::update(
         sessions::table
             .filter(sessions::id.eq(id))
             .filter(sessions::ended_at.is_null()),
     )
     .set((
-        sessions::ended_at.eq(now()),
+        sessions::ended_at.eq(at),
         sessions::end_reason.eq(reason),
         sessions::bytes_to_client.eq(counter(bytes_to_client)),
         sessions::bytes_to_server.eq(counter(bytes_to_server)),
@@ -255,27 +254,31 @@ pub fn end_session(
     get_session(conn, id).map(|_| false)
 }
 
-/// Update the running byte counts of a live session (for the API's live view).
+/// Update the running byte counts of many live sessions in one transaction (the proxy's
+/// periodic live view: one round trip per interval for all sessions of a node). Ended
+/// sessions keep their final counts.
 ///
 /// # Errors
-/// [`DbError::Query`] on database failure.
-pub fn update_session_counters(
+/// [`DbError::Query`] on database failure; then none of them is updated.
+pub fn update_sessions_counters(
     conn: &mut DbConnection,
-    id: &SessionId,
-    bytes_to_client: u64,
-    bytes_to_server: u64,
+    counts: &[(SessionId, u64, u64)],
 ) -> DbResult<()> {
-    diesel::update(
-        sessions::table
-            .filter(sessions::id.eq(id))
-            .filter(sessions::ended_at.is_null()),
-    )
-    .set((
-        sessions::bytes_to_client.eq(counter(bytes_to_client)),
-        sessions::bytes_to_server.eq(counter(bytes_to_server)),
-    ))
-    .execute(conn)?;
-    Ok(())
+    conn.transaction::<_, DbError, _>(|conn| {
+        for (id, bytes_to_client, bytes_to_server) in counts {
+            diesel::update(
+                sessions::table
+                    .filter(sessions::id.eq(id))
+                    .filter(sessions::ended_at.is_null()),
+            )
+            .set((
+                sessions::bytes_to_client.eq(counter(*bytes_to_client)),
+                sessions::bytes_to_server.eq(counter(*bytes_to_server)),
+            ))
+            .execute(conn)?;
+        }
+        Ok(())
+    })
 }
 
 /// Record the connection id the hypervisor assigned, once the proxy linked upstream.
@@ -311,6 +314,25 @@ pub fn find_live_session_by_connection_id(
         .filter(sessions::proxy_connection_id.eq(proxy_connection_id))
         .filter(sessions::ended_at.is_null())
         .select(Session::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// The live session whose clients were given `proxy_connection_id`, with its console and the
+/// CA of the console's source, in one query (a channel linking on a node that does not hold
+/// the session's main channel).
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn find_live_session_with_console(
+    conn: &mut DbConnection,
+    proxy_connection_id: i64,
+) -> DbResult<Option<(Session, Console, Option<String>)>> {
+    Ok(sessions::table
+        .inner_join(consoles::table.inner_join(sources::table))
+        .filter(sessions::proxy_connection_id.eq(proxy_connection_id))
+        .filter(sessions::ended_at.is_null())
+        .select((Session::as_select(), Console::as_select(), sources::ca_cert))
         .first(conn)
         .optional()?)
 }

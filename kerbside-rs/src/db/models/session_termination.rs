@@ -1,24 +1,28 @@
 //! `session_terminations`: requests to end a live session, from any node to the node
 //! that runs it.
 //!
-//! The API (on any node) writes a request; the proxy node that owns the session polls
-//! [`pending_terminations_for_node`] (sub-second), closes the session and marks the
-//! request handled. Rows are deleted with their session.
+//! The API, `kerbside-manage` or the notification consumer (on any node) writes a request
+//! ([`terminate_session`] also revokes the session's tokens; [`terminate_session_audited`]
+//! also records the audit event, the one write of an operator's termination). Every proxy node that holds
+//! live sessions reads [`pending_terminations`] every `[proxy] termination_poll_interval`
+//! seconds (default 1) and ends the ones it holds, so the session closes within about one
+//! interval wherever its channels run. The node that relays the session's main channel
+//! records the end and marks the request handled ([`pending_termination_for_session`],
+//! [`mark_termination_handled_at`]). Rows are deleted with their session (`ON DELETE
+//! CASCADE`).
+//!
+//! This module stores and reads requests; it does not close connections (the proxy does).
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::id_newtype;
-use super::session::{SessionId, get_session};
+use super::audit_event::{AuditKind, NewAuditEvent, record_event};
+use super::ids::{SessionId, SessionTerminationId};
+use super::session::get_session;
 use crate::db::conn::DbConnection;
 use crate::db::error::{DbError, DbResult};
 use crate::db::now;
 use crate::db::schema::{session_terminations, sessions};
-
-id_newtype!(
-    /// Surrogate key of a [`SessionTermination`].
-    SessionTerminationId
-);
 
 /// A termination request row.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
@@ -95,22 +99,59 @@ pub fn request_termination(
         })
 }
 
-/// Unhandled requests for live sessions run by `node`, oldest first.
+/// Ask the node running `session_id` to end it and revoke the session's tokens, in one
+/// transaction: terminating ends console access, not just the connection. Returns the
+/// request and how many tokens were revoked.
 ///
 /// # Errors
-/// [`DbError::Query`] on database failure.
-pub fn pending_terminations_for_node(
+/// As [`request_termination`]; nothing is written when it fails.
+pub fn terminate_session(
+    conn: &mut DbConnection,
+    session_id: &SessionId,
+    reason: &str,
+    requested_by: &str,
+) -> DbResult<(SessionTermination, usize)> {
+    conn.transaction::<_, DbError, _>(|conn| {
+        let request = request_termination(conn, session_id, reason, requested_by)?;
+        let revoked = super::console_token::revoke_session_tokens(
+            conn,
+            session_id,
+            &format!("session {session_id} terminated by {requested_by}"),
+        )?;
+        Ok((request, revoked))
+    })
+}
+
+/// An operator's termination, in one transaction: [`terminate_session`] (the request and
+/// the session's tokens revoked), then a `session.termination_requested` audit event
+/// recorded by `node` naming who asked, why and how many tokens were revoked. The one path
+/// of `POST /v1/sessions/{id}/terminate`, the web console's terminate button and
+/// `kerbside-manage session terminate`. Returns the request and how many tokens were revoked.
+///
+/// # Errors
+/// As [`request_termination`]; nothing is written when it fails.
+pub fn terminate_session_audited(
     conn: &mut DbConnection,
     node: &str,
-) -> DbResult<Vec<SessionTermination>> {
-    Ok(session_terminations::table
-        .inner_join(sessions::table)
-        .filter(sessions::node.eq(node))
-        .filter(sessions::ended_at.is_null())
-        .filter(session_terminations::handled_at.is_null())
-        .select(SessionTermination::as_select())
-        .order(session_terminations::id.asc())
-        .load(conn)?)
+    session_id: &SessionId,
+    reason: &str,
+    requested_by: &str,
+) -> DbResult<(SessionTermination, usize)> {
+    conn.transaction::<_, DbError, _>(|conn| {
+        let (request, revoked) = terminate_session(conn, session_id, reason, requested_by)?;
+        let session = get_session(conn, session_id)?;
+        let event = NewAuditEvent::new(
+            node,
+            AuditKind::SessionTerminationRequested,
+            format!(
+                "termination requested by {requested_by}: {reason}; {revoked} token(s) revoked"
+            ),
+        )
+        .console(session.console_id)
+        .session(session_id.clone());
+        record_event(conn, &event)?;
+        Ok((request, revoked))
+    })
 }
 
 /// The oldest unhandled termination request of one session, if any.
@@ -154,15 +195,93 @@ pub fn mark_termination_handled(
     id: SessionTerminationId,
     node: &str,
 ) -> DbResult<bool> {
+    mark_termination_handled_at(conn, id, node, now())
+}
+
+/// [`mark_termination_handled`] with the time it was handled (for writes delayed by an
+/// outage).
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn mark_termination_handled_at(
+    conn: &mut DbConnection,
+    id: SessionTerminationId,
+    node: &str,
+    at: NaiveDateTime,
+) -> DbResult<bool> {
     let updated = diesel::update(
         session_terminations::table
             .filter(session_terminations::id.eq(id))
             .filter(session_terminations::handled_at.is_null()),
     )
     .set((
-        session_terminations::handled_at.eq(now()),
+        session_terminations::handled_at.eq(at),
         session_terminations::handled_by.eq(node),
     ))
     .execute(conn)?;
     Ok(updated > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::models::{self, AuditFilter};
+    use crate::db::{Db, DbUrl, PoolOptions};
+
+    #[tokio::test]
+    async fn an_audited_termination_writes_the_request_the_revocation_and_one_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DbUrl::parse(&format!(
+            "sqlite:///{}",
+            dir.path().join("k.sqlite").display()
+        ))
+        .unwrap();
+        let db = Db::connect(&url, &PoolOptions::default()).unwrap();
+        db.ensure_schema().await.unwrap();
+        let conn = &mut db.get().unwrap();
+        let source = models::upsert_source(conn, "lab", "static").unwrap().id;
+        let (console, id) = models::fixtures::live_session(
+            conn,
+            source,
+            "0d1e7a52-6f4b-4c3e-9a8e-2b7d5c1f9e01",
+            &"a".repeat(64),
+        );
+
+        let (request, revoked) =
+            terminate_session_audited(conn, "node-a", &id, "maintenance", "api:admin").unwrap();
+        assert_eq!(revoked, 1);
+        assert_eq!(request.session_id, id);
+        assert_eq!(request.reason, "maintenance");
+        assert_eq!(request.requested_by, "api:admin");
+        let filter = AuditFilter {
+            session_id: Some(id.clone()),
+            ..AuditFilter::default()
+        };
+        let events = models::list_events(conn, &filter, None, 10).unwrap();
+        let [event] = events.as_slice() else {
+            panic!("one event expected: {events:?}");
+        };
+        assert_eq!(event.event_type, "session.termination_requested");
+        assert_eq!(event.node, "node-a");
+        assert_eq!(event.console_id, Some(console.id));
+        assert_eq!(
+            event.message,
+            "termination requested by api:admin: maintenance; 1 token(s) revoked"
+        );
+
+        // Asked again while the first request is pending: the session is still live, the
+        // token already revoked.
+        let (_, revoked) =
+            terminate_session_audited(conn, "node-a", &id, "again", "kerbside-manage").unwrap();
+        assert_eq!(revoked, 0);
+
+        // An unknown session: nothing is written.
+        let unknown = SessionId::generate();
+        let err = terminate_session_audited(conn, "node-a", &unknown, "x", "y").unwrap_err();
+        assert!(matches!(err, DbError::NotFound { .. }), "{err:?}");
+        assert_eq!(
+            models::list_events(conn, &filter, None, 10).unwrap().len(),
+            2
+        );
+    }
 }

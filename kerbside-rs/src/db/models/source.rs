@@ -8,16 +8,12 @@
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 
-use super::{UPSERT_ATTEMPTS, id_newtype};
+use super::UPSERT_ATTEMPTS;
+use super::ids::SourceId;
 use crate::db::conn::DbConnection;
 use crate::db::error::{DbError, DbResult};
 use crate::db::now;
 use crate::db::schema::sources;
-
-id_newtype!(
-    /// Surrogate key of a [`Source`].
-    SourceId
-);
 
 /// A console source.
 #[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Identifiable)]
@@ -89,22 +85,6 @@ pub fn upsert_source(conn: &mut DbConnection, name: &str, source_type: &str) -> 
         id: name.to_owned(),
         reason: "concurrent writers kept changing it".to_owned(),
     })
-}
-
-/// Insert a new source (fails with a unique violation if the name exists).
-///
-/// # Errors
-/// [`DbError::Conflict`] when the name is taken; [`DbError::Query`] otherwise.
-pub fn insert_source(conn: &mut DbConnection, new: &NewSource) -> DbResult<Source> {
-    match insert_source_row(conn, new, now()) {
-        Ok(()) => get_source_by_name(conn, &new.name),
-        Err(e) if e.is_unique_violation() => Err(DbError::Conflict {
-            what: "source",
-            id: new.name.clone(),
-            reason: "a source with this name exists".to_owned(),
-        }),
-        Err(e) => Err(e),
-    }
 }
 
 fn insert_source_row(conn: &mut DbConnection, new: &NewSource, at: NaiveDateTime) -> DbResult<()> {

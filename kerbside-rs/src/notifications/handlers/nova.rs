@@ -7,6 +7,9 @@
 //! consoles marked stale until a fresh Nova lookup. The instance is matched by
 //! `nova_object.data.uuid`; `host` is kept for the audit trail only (Nova's host is the
 //! compute service name, not the address sessions connect to).
+//!
+//! Pure: it turns a notification into a [`Plan`]; the plan is carried out by
+//! [`crate::notifications::effects`].
 
 use super::{Handler, InstanceEvent, Plan};
 use crate::notifications::envelope::{Notification, truncate};
@@ -82,14 +85,18 @@ pub const INSTANCE_EVENTS: &[EventRule] = &[
 pub struct InstanceHandler;
 
 impl Handler for InstanceHandler {
+    /// `nova-instance`.
     fn name(&self) -> &'static str {
         "nova-instance"
     }
 
+    /// Every event type of [`INSTANCE_EVENTS`].
     fn event_types(&self) -> Vec<&'static str> {
         INSTANCE_EVENTS.iter().map(|r| r.event_type).collect()
     }
 
+    /// [`Plan::EndInstanceAccess`] for the instance `nova_object.data.uuid` names (checked to
+    /// be a UUID), with the host and publisher cut to 255 characters for the audit trail.
     fn plan(
         &self,
         event_type: &'static str,
@@ -139,15 +146,8 @@ mod tests {
     use super::super::{Dispatcher, Ignored, Route};
     use super::*;
     use crate::notifications::envelope::parse;
+    use crate::notifications::nova_fixture as fixture;
     use serde_json::{Value, json};
-
-    fn fixture(name: &str) -> Value {
-        let path = format!(
-            "{}/../tests/fixtures/notifications/nova/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    }
 
     fn route(value: &Value) -> Result<Route, NotifyError> {
         Dispatcher::nova().route(&parse(&serde_json::to_vec(value).unwrap()).unwrap())

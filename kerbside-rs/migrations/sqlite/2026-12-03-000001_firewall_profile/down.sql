@@ -1,0 +1,2 @@
+ALTER TABLE sessions DROP COLUMN firewall_profile;
+ALTER TABLE consoles DROP COLUMN firewall_profile;
