@@ -14,7 +14,8 @@ kolla/docker/kerbside/<image>/Dockerfile.j2 with Kolla's own macros into
   * `cargo build` is --release --locked, and every kerbside program the stages
     install or RUN is a binary the crate declares (kerbside-rs/Cargo.toml [[bin]]);
   * a program is only RUN after the COPY that installs it;
-  * service images derive from kerbside-base and run as the kerbside user.
+  * service images derive from kerbside-base and run as the kerbside user;
+  * the API image installs the distribution's spice-html5 (browser consoles).
 One line per check; exit 1 when any fails.
 """
 
@@ -156,6 +157,10 @@ def main():
                   f"{image}: FROM kerbside-base", final["base"])
             check(final["instructions"] and final["instructions"][-1] == ("USER", "kerbside"),
                   f"{image}: ends with USER kerbside")
+            if image == "kerbside-api":
+                runs = " ".join(rest for word, rest in final["instructions"] if word == "RUN")
+                check(re.search(r"\bspice-html5\b", runs) is not None,
+                      f"{image}: installs the spice-html5 package (the browser client it serves)")
 
     if failures:
         print(f"images: {len(failures)} check(s) FAILED")

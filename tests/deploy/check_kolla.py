@@ -65,6 +65,11 @@ def check_container(name, args, facts, binaries):
           f"{name}: its config directory is mounted at {ccd}")
     check(service["healthcheck"]["test"][0] == "CMD-SHELL", f"{name}: health check",
           str(service["healthcheck"]["test"]))
+    if component == "proxy":
+        # Two sockets per channel, about eight channels per session, [proxy] max_sessions = 1000.
+        nofile = (service.get("dimensions") or {}).get("ulimits", {}).get("nofile", {})
+        check(int(nofile.get("soft", 0)) >= 16256 and int(nofile.get("hard", 0)) >= int(nofile.get("soft", 0)),
+              f"{name}: nofile ulimit holds the default max_sessions", str(nofile))
 
     try:
         config = json.load(open(os.path.join(service_dir, "config.json"), encoding="utf-8"))
@@ -127,11 +132,22 @@ def check_container(name, args, facts, binaries):
         check(ini.get("proxy", "tls_port", fallback="") == "5898" and ini.get("proxy", "public_tls_port", fallback="") == "5900",
               f"{name}: proxy listens on 5898, clients use HAProxy's 5900")
         check(ini.has_option("proxy", "cert_file"), f"{name}: SPICE certificate configured")
+        check(ini.get("html5", "enabled", fallback="") == "true"
+              and ini.get("html5", "bind_port", fallback="") == "6082"
+              and ini.get("html5", "public_url", fallback="") == f"wss://{facts['kerbside_public_host']}:6082/"
+              and not ini.has_option("html5", "insecure_websocket"),
+              f"{name}: browser consoles on 6082, wss:// at the public host (TLS by kerbside)",
+              str(dict(ini["html5"])) if ini.has_section("html5") else "no [html5]")
     if component == "api":
         check(ini.get("api", "bind_port", fallback="") == "13002", f"{name}: API on 13002")
         check(ini.get("keystone_authtoken", "username", fallback="") == "kerbside", f"{name}: keystone user kerbside")
         check(ini.get("database", "connection", fallback="").startswith("mysql+pymysql://kerbside:"),
               f"{name}: MariaDB connection for user kerbside")
+        check(ini.get("api", "web_console", fallback="") == "True", f"{name}: web console served")
+        plain = facts["kerbside_public_endpoint"].startswith("http://")
+        check(ini.get("api", "insecure_cookies", fallback="") == ("True" if plain else "False"),
+              f"{name}: web console cookie Secure unless the public endpoint is plain HTTP",
+              facts["kerbside_public_endpoint"])
     if component == "notifications":
         check(ini.get("oslo_messaging_notifications", "transport_url", fallback="").startswith("rabbit://"),
               f"{name}: notify_transport_url")
@@ -158,7 +174,8 @@ def check_haproxy(args, facts):
     api_back = section(api, "kerbside_api_back")
     check("option httpchk GET /healthcheck" in api_back and re.search(r"server \S+ 127\.0\.0\.1:13002 ", api_back),
           "haproxy: API backend health-checks /healthcheck on :13002")
-    for name, port, listen in (("kerbside_proxy_tls", 5900, 5898), ("kerbside_proxy_insecure", 5901, 5899)):
+    for name, port, listen in (("kerbside_proxy_tls", 5900, 5898), ("kerbside_proxy_insecure", 5901, 5899),
+                               ("kerbside_html5", 6082, 6082)):
         for suffix, vip in (("", "127.0.0.1"), ("_external", "127.0.0.2")):
             front = section(proxy, f"{name}{suffix}_front")
             check("mode tcp" in front and f"bind {vip}:{port}\n" in front + "\n" and "ssl" not in front
@@ -182,6 +199,10 @@ def check_nova(args, facts):
           nova.get("spice", "spice_direct_proxy_base_url", fallback=""))
     check(nova.get("spice", "server_proxyclient_address", fallback="") == facts["api_interface_address"],
           "nova override: server_proxyclient_address = api_interface_address")
+    html5 = facts["kerbside_public_endpoint"] + "/spice_auto.html"
+    check(nova.get("spice", "html5proxy_base_url", fallback="") == html5,
+          f"nova override: html5proxy_base_url = {html5} (kerbside replaces nova-spicehtml5proxy)",
+          nova.get("spice", "html5proxy_base_url", fallback=""))
     check(nova.get("vnc", "enabled", fallback="") == "false", "nova override: [vnc] enabled = false")
     check(nova.get("notifications", "notification_format", fallback="") in ("versioned", "both"),
           "nova override: versioned notifications")

@@ -10,6 +10,9 @@
 #   tls         tls-proxy enabled, kerbside-notifications disabled: certificates from
 #               DevStack's CA, API behind Apache, https URLs
 #   compute     a compute-only node of a multi-node DevStack: only nova-cpu.conf changes
+#   html5       KERBSIDE_HTML5=True with n-spice enabled: n-spice is disabled, the
+#               spice-html5 package installed, [html5] configured (ws://, and wss:// with
+#               tls-proxy) and Nova's html5proxy_base_url points at kerbside
 #   build       no prebuilt binaries and only a too-old cargo: the plugin installs Rust
 #               with rustup and runs `cargo build --release --locked` (a fake cargo
 #               stands in for the compiler)
@@ -105,7 +108,7 @@ run_devstack() {
 
         # What stackrc, lib/* and local.conf would have set.
         ENABLED_SERVICES=$enabled DISABLED_SERVICES=$disabled
-        DEST=$root/opt/stack DATA_DIR=$root/data STACK_USER=$(id -un)
+        DEST=$root/opt/stack DATA_DIR=$root/data STACK_USER=$(id -un) SYSTEMD_DIR=$root/etc/systemd/system
         HOST_IP=192.0.2.10 SERVICE_HOST=192.0.2.10 SERVICE_LISTEN_ADDRESS=0.0.0.0
         SERVICE_PROTOCOL=${SCENARIO_PROTOCOL:-http} SERVICE_TIMEOUT=60 REGION_NAME=RegionOne
         SERVICE_PASSWORD=secretservice SERVICE_DOMAIN_NAME=Default SERVICE_PROJECT_NAME=service
@@ -213,6 +216,8 @@ if run_devstack $s "$all_services" "" "stack pre-install" "stack install" "stack
         ini_is "$conf" database connection "sqlite:///$r/db/kerbside.sqlite"
     check "$s: [api] bind_port" ini_is "$conf" api bind_port 13002
     check "$s: [api] public_url" ini_is "$conf" api public_url http://192.0.2.10:13002
+    check "$s: [api] web_console" ini_is "$conf" api web_console True
+    check "$s: web console cookie without Secure over plain HTTP" ini_is "$conf" api insecure_cookies True
     check "$s: [proxy] tls_port below libvirt's 5900+" ini_is "$conf" proxy tls_port 5898
     check "$s: [proxy] insecure_port" ini_is "$conf" proxy insecure_port 5899
     check "$s: [proxy] public_host = SERVICE_HOST" ini_is "$conf" proxy public_host 192.0.2.10
@@ -234,8 +239,16 @@ if run_devstack $s "$all_services" "" "stack pre-install" "stack install" "stack
         check "$s: run_process kerbside-$c" called "$log" \
             "run_process|kerbside-$c|$bin/kerbside --config-file $conf --config-file $r/etc/kerbside/kerbside-$c.conf --component $c"
     done
+    for c in api proxy notifications; do
+        check "$s: kerbside-$c unit raises the open-file limit" grep -qx "LimitNOFILE=65536" \
+            "$r/etc/systemd/system/devstack@kerbside-$c.service.d/kerbside-limits.conf"
+    done
+    check "$s: state directory is private" test "$(stat -c %a "$r/var/lib/kerbside")" = 700
     check "$s: waits for the API" called "$log" "wait_for_service|60|http://192.0.2.10:13002/healthcheck"
     check "$s: no TLS proxy" not_called "$log" "start_tls_proxy|"
+    check "$s: no browser consoles unless KERBSIDE_HTML5" ini_is "$conf" html5 enabled ""
+    check "$s: Nova's html5proxy_base_url untouched" ini_is "$r/etc/nova/nova.conf" spice html5proxy_base_url ""
+    check "$s: n-spice left alone" not_called "$log" "disable_service|"
 
     if run_devstack $s "$all_services" "" "unstack" "clean"; then
         for c in api proxy notifications; do
@@ -268,6 +281,7 @@ if SCENARIO_PROTOCOL=https run_devstack $s "$all_services,tls-proxy" kerbside-no
         ini_is "$conf" keystone_authtoken cafile "$r/data/ca-bundle.pem"
     check "$s: API listens on the internal port" ini_is "$conf" api bind_port 13012
     check "$s: API public URL is https" ini_is "$conf" api public_url https://192.0.2.10:13002
+    check "$s: web console cookie Secure behind tls-proxy" ini_is "$conf" api insecure_cookies False
     for c in api proxy; do
         check_conf "$s" "$conf" "$r/etc/kerbside/kerbside-$c.conf"
     done
@@ -295,6 +309,44 @@ if run_devstack $s n-cpu "kerbside-api,kerbside-proxy,kerbside-notifications" \
     check "$s: nothing stopped" not_called "$log" "stop_process|"
     check "$s: no database to drop" not_called "$log" "mysql|"
     check_nova "$s" "$r/etc/nova/nova-cpu.conf" http://192.0.2.10:13002/nova
+fi
+
+# html5
+# -----
+s=html5
+r=$work/$s
+log=$r/calls.log
+conf=$r/etc/kerbside/kerbside.conf
+echo "devstack: scenario $s"
+if KERBSIDE_HTML5=True run_devstack $s "$all_services,n-spice" "" \
+    "stack pre-install" "stack install" "stack post-config" "stack extra"; then
+    check "$s: n-spice disabled (kerbside replaces it)" called "$log" "disable_service|n-spice"
+    check "$s: spice-html5 package installed" called "$log" "install_package|openssl|libmariadb3|libsqlite3-0|spice-html5"
+    check "$s: [html5] enabled" ini_is "$conf" html5 enabled True
+    check "$s: [html5] bind_port = n-spice's 6082" ini_is "$conf" html5 bind_port 6082
+    check "$s: [html5] public_url ws:// without tls-proxy" ini_is "$conf" html5 public_url ws://192.0.2.10:6082/
+    check "$s: [html5] insecure_websocket without tls-proxy" ini_is "$conf" html5 insecure_websocket True
+    check "$s: [html5] web_root" ini_is "$conf" html5 web_root /usr/share/spice-html5
+    for c in api proxy notifications; do
+        check_conf "$s" "$conf" "$r/etc/kerbside/kerbside-$c.conf"
+    done
+    for nconf in nova.conf nova-cpu.conf; do
+        check "$s: $nconf [spice] html5proxy_base_url = kerbside's page" \
+            ini_is "$r/etc/nova/$nconf" spice html5proxy_base_url http://192.0.2.10:13002/spice_auto.html
+        check_nova "$s" "$r/etc/nova/$nconf" http://192.0.2.10:13002/nova
+    done
+fi
+s=html5-tls
+r=$work/$s
+conf=$r/etc/kerbside/kerbside.conf
+echo "devstack: scenario $s"
+if KERBSIDE_HTML5=True SCENARIO_PROTOCOL=https run_devstack $s "$all_services,tls-proxy" "" \
+    "stack pre-install" "stack install" "stack post-config"; then
+    check "$s: [html5] public_url wss:// with tls-proxy" ini_is "$conf" html5 public_url wss://192.0.2.10:6082/
+    check "$s: [html5] TLS with DevStack's certificate" ini_is "$conf" html5 insecure_websocket False
+    check "$s: Nova's html5proxy_base_url is https" \
+        ini_is "$r/etc/nova/nova.conf" spice html5proxy_base_url https://192.0.2.10:13002/spice_auto.html
+    check_conf "$s" "$conf" "$r/etc/kerbside/kerbside-proxy.conf"
 fi
 
 # build

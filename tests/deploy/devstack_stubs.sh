@@ -34,6 +34,18 @@ enable_service() {
     ENABLED_SERVICES=${ENABLED_SERVICES#,}
 }
 
+# Removes services from ENABLED_SERVICES, as DevStack's disable_service does.
+disable_service() {
+    local service
+    _stub_log disable_service "$@"
+    for service in "$@"; do
+        ENABLED_SERVICES=",$ENABLED_SERVICES,"
+        ENABLED_SERVICES=${ENABLED_SERVICES//,$service,/,}
+        ENABLED_SERVICES=${ENABLED_SERVICES#,}
+        ENABLED_SERVICES=${ENABLED_SERVICES%,}
+    done
+}
+
 # True when any of the services is enabled; "nova" stands for any n-* service, as in
 # DevStack.
 is_service_enabled() {

@@ -1,7 +1,7 @@
 //! The `kerbside-manage` and `kerbside` programs as operators run them: configuration checks,
 //! schema management on MariaDB, tokens and `.vv` files, static sources; and the release notes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use anyhow::{Context, Result};
@@ -9,6 +9,7 @@ use kerbside::db::models;
 use kerbside_tests::app::program;
 use kerbside_tests::db::{TestDatabase, mariadb_server_url, with_database};
 
+/// Runs `kerbside-manage --config-file config args...` and waits for it.
 async fn manage(config: &Path, args: &[&str]) -> Result<Output> {
     Ok(tokio::process::Command::new(program("kerbside-manage")?)
         .arg("--config-file")
@@ -18,6 +19,14 @@ async fn manage(config: &Path, args: &[&str]) -> Result<Output> {
         .await?)
 }
 
+/// Writes `text` as `k.conf` in `dir` and returns its path.
+fn write_config(dir: &Path, text: impl AsRef<str>) -> Result<PathBuf> {
+    let conf = dir.join("k.conf");
+    std::fs::write(&conf, text.as_ref())?;
+    Ok(conf)
+}
+
+/// What a program printed: its standard output, then its standard error.
 fn text(output: &Output) -> String {
     format!(
         "{}{}",
@@ -29,9 +38,8 @@ fn text(output: &Output) -> String {
 #[tokio::test]
 async fn config_check_names_every_bad_option() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let conf = dir.path().join("k.conf");
-    std::fs::write(
-        &conf,
+    let conf = write_config(
+        dir.path(),
         "[DEFAULT]\ndebug = maybe\n\n[proxy]\ntls_port = 5\ntls_port = 99999\ncert_file = /nonexistent.pem\n\n[database]\nconnection = postgresql://x@y/z\n\n[proxy]\nfrobnicate = 1\n",
     )?;
     let out = manage(&conf, &["config", "check"]).await?;
@@ -98,9 +106,8 @@ async fn db_sync_creates_every_table_on_mariadb() -> Result<()> {
         with_database(&mariadb_server_url(), &name).replacen("mysql://", "mysql+pymysql://", 1)
             + "?charset=utf8";
     let dir = tempfile::tempdir()?;
-    let conf = dir.path().join("k.conf");
-    std::fs::write(
-        &conf,
+    let conf = write_config(
+        dir.path(),
         format!(
             "[DEFAULT]\nstate_path = {}\n[database]\nconnection = {url}\n",
             dir.path().display()
@@ -164,9 +171,8 @@ async fn db_sync_creates_every_table_on_mariadb() -> Result<()> {
 #[tokio::test]
 async fn unreachable_database_is_one_clear_line() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let conf = dir.path().join("k.conf");
-    std::fs::write(
-        &conf,
+    let conf = write_config(
+        dir.path(),
         "[database]\nconnection = mysql://kerbside:s3cret@127.0.0.1:1/kerbside\npool_timeout = 2\n",
     )?;
     let out = manage(&conf, &["db", "sync"]).await?;
@@ -186,9 +192,8 @@ async fn token_create_writes_a_vv_and_stores_only_the_hash() -> Result<()> {
         &sources,
         "- source: lab\n  type: static\n  consoles:\n    - {uuid: 0d1e7a52-6f4b-4c3e-9a8e-2b7d5c1f9e01, name: build vm, hypervisor: hv1, insecure_port: 5900, ticket: hv-secret}\n",
     )?;
-    let conf = dir.path().join("k.conf");
-    std::fs::write(
-        &conf,
+    let conf = write_config(
+        dir.path(),
         format!(
             "[DEFAULT]\nstate_path = {d}\n[proxy]\npublic_host = console.example.com\npublic_tls_port = 443\n[console]\nsources_file = {s}\n",
             d = dir.path().display(),
@@ -422,5 +427,73 @@ async fn logs_go_to_log_dir_as_json_without_secrets() -> Result<()> {
         "{log}"
     );
     assert!(!log.contains("s3cret"), "a password reached the log: {log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn session_list_shows_console_uuids_and_terminate_revokes_the_token() -> Result<()> {
+    use kerbside::spice::{ChannelType, LinkError};
+    use kerbside_tests::app::{TestApp, TestConsole};
+    use kerbside_tests::spice_client;
+    kerbside_tests::require::require_all(&["qemu"])?;
+    let server = kerbside_tests::qemu::SpiceServer::with_password("manage").await?;
+    let console = TestConsole::for_server(&server);
+    let app = TestApp::for_console(&console).await?;
+    let token = app
+        .mint_token(&console.uuid, std::time::Duration::from_secs(300))
+        .await?;
+    let _main = app.link_main(&token).await?;
+    let session = app.live_session().await?;
+    let run = |args: Vec<String>| async move {
+        tokio::process::Command::new(program("kerbside-manage")?)
+            .args(args)
+            .output()
+            .await
+            .map_err(anyhow::Error::from)
+    };
+    let mut args = app.config_args();
+    args.extend(["session".to_owned(), "list".to_owned()]);
+    let list = run(args).await?;
+    let listing = text(&list);
+    assert!(list.status.success(), "{listing}");
+    let header = listing.lines().next().unwrap_or_default();
+    for column in ["SESSION", "CONSOLE", "TO CLIENT", "TO SERVER"] {
+        assert!(header.contains(column), "{listing}");
+    }
+    let row = listing
+        .lines()
+        .find(|l| l.starts_with(session.id.as_str()))
+        .context("session not listed")?;
+    assert!(
+        row.split_whitespace().nth(1) == Some(console.uuid.as_str()),
+        "the console column is not the console's UUID: {listing}"
+    );
+
+    let mut args = app.config_args();
+    args.extend(
+        [
+            "session",
+            "terminate",
+            session.id.as_str(),
+            "--reason",
+            "manage test",
+        ]
+        .map(str::to_owned),
+    );
+    let out = run(args).await?;
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("1 console token(s) of the session revoked")
+            && said.contains("issue a new token"),
+        "{said}"
+    );
+    let again = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token).await?;
+    assert_eq!(
+        again.err(),
+        Some(LinkError::PermissionDenied),
+        "the terminated session's token still opens the console"
+    );
+    app.stop().await;
     Ok(())
 }

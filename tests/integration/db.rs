@@ -18,11 +18,22 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use kerbside::db::models::*;
 use kerbside::db::{Backend, Db, DbConnection, DbError, DbUrl, PoolOptions, migrate, now};
-use kerbside_tests::db::TestDatabase;
+use kerbside_tests::db::{
+    TestDatabase, insert_source, live_sessions_on_node, pending_terminations_for_node,
+    update_session_counters,
+};
 use secrecy::ExposeSecret;
 
 /// The one migration this release ships.
 const INITIAL: &str = "2026-11-22-000001_initial";
+const FIREWALL: &str = "2026-12-03-000001_firewall_profile";
+const WEB_SESSIONS: &str = "2026-12-03-000002_web_sessions";
+/// The migration that records each session's transport (tls, websocket).
+const TRANSPORT: &str = "2026-12-03-000003_session_transport";
+/// Every migration, oldest first.
+const ALL: [&str; 4] = [INITIAL, FIREWALL, WEB_SESSIONS, TRANSPORT];
+/// The newest migration.
+const LATEST: &str = TRANSPORT;
 
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {$(
@@ -72,6 +83,7 @@ fn new_console(source_id: SourceId, uuid: &str) -> NewConsole {
         secure_port: Some(5901),
         host_subject: Some("CN=hv1.example.com".to_owned()),
         ticket: Some(Ticket::new("hypervisor-ticket")),
+        firewall_profile: None,
     }
 }
 
@@ -90,6 +102,8 @@ fn new_session(console_id: ConsoleId, connection_id: i64, node: &str) -> NewSess
         node: node.to_owned(),
         proxy_connection_id: connection_id,
         upstream_session_id: None,
+        firewall_profile: None,
+        transport: "tls".to_owned(),
     }
 }
 
@@ -162,7 +176,7 @@ async fn migration_trees_have_the_same_names() -> anyhow::Result<()> {
     let mysql = migrate::mysql_migration_names()?;
     let sqlite = migrate::sqlite_migration_names()?;
     assert_eq!(mysql, sqlite);
-    assert_eq!(mysql, vec![INITIAL.to_owned()]);
+    assert_eq!(mysql, ALL.map(str::to_owned).to_vec());
     Ok(())
 }
 
@@ -170,22 +184,24 @@ async fn check_migrations(backend: Backend) -> anyhow::Result<()> {
     let t = TestDatabase::unmigrated(backend).await?;
     let db = t.db();
     match db.check_current().await {
-        Err(DbError::PendingMigrations { pending }) => assert_eq!(pending, vec![INITIAL]),
+        Err(DbError::PendingMigrations { pending }) => assert_eq!(pending, ALL.to_vec()),
         other => panic!("expected PendingMigrations, got {other:?}"),
     }
     let err = db.check_current().await.unwrap_err().to_string();
     assert_eq!(
         err,
-        "the database schema is out of date (1 pending migration(s): \
-         2026-11-22-000001_initial); run `kerbside-manage db sync`"
+        "the database schema is out of date (4 pending migration(s): \
+         2026-11-22-000001_initial, 2026-12-03-000001_firewall_profile, \
+         2026-12-03-000002_web_sessions, 2026-12-03-000003_session_transport); run \
+         `kerbside-manage db sync`"
     );
     assert_eq!(db.version().await?, None);
-    assert_eq!(db.sync().await?, vec![INITIAL]);
+    assert_eq!(db.sync().await?, ALL.to_vec());
     assert_eq!(
         db.run(|c| c.pending_migrations()).await?,
         Vec::<String>::new()
     );
-    assert_eq!(db.version().await?.as_deref(), Some(INITIAL));
+    assert_eq!(db.version().await?.as_deref(), Some(LATEST));
     db.check_current().await?;
     assert!(db.sync().await?.is_empty(), "second sync applies nothing");
     assert!(db.ensure_schema().await?.is_empty());
@@ -205,7 +221,7 @@ async fn migrations_mariadb() -> anyhow::Result<()> {
 #[tokio::test]
 async fn sqlite_migrates_itself_mariadb_does_not() -> anyhow::Result<()> {
     let sqlite = TestDatabase::unmigrated(Backend::Sqlite).await?;
-    assert_eq!(sqlite.db().ensure_schema().await?, vec![INITIAL]);
+    assert_eq!(sqlite.db().ensure_schema().await?, ALL.to_vec());
     let mariadb = TestDatabase::unmigrated(Backend::Mysql).await?;
     assert!(matches!(
         mariadb.db().ensure_schema().await,
@@ -233,9 +249,16 @@ async fn schema_matches_tables(t: &TestDatabase) -> anyhow::Result<()> {
         Some("-----BEGIN CERTIFICATE-----")
     );
 
-    let console = upsert_console(&mut c, &new_console(source.id, UUID_A))?;
+    let console = upsert_console(
+        &mut c,
+        &NewConsole {
+            firewall_profile: Some("no-usb".to_owned()),
+            ..new_console(source.id, UUID_A)
+        },
+    )?;
     let console = get_console(&mut c, console.id)?;
     assert_eq!(console.uuid, UUID_A);
+    assert_eq!(console.firewall_profile.as_deref(), Some("no-usb"));
     assert_eq!(console.insecure_port, Some(5900));
     assert_eq!(console.secure_port, Some(5901));
     assert_eq!(console.host_subject.as_deref(), Some("CN=hv1.example.com"));
@@ -255,6 +278,7 @@ async fn schema_matches_tables(t: &TestDatabase) -> anyhow::Result<()> {
         &NewSession {
             token_id: Some(token.id),
             upstream_session_id: Some(77),
+            firewall_profile: Some("most-restrictive".to_owned()),
             ..new_session(console.id, 42, "node-a")
         },
     )?;
@@ -273,6 +297,10 @@ async fn schema_matches_tables(t: &TestDatabase) -> anyhow::Result<()> {
     let session = get_session(&mut c, &session.id)?;
     assert_eq!(session.token_id, Some(token.id));
     assert_eq!(session.upstream_session_id, Some(77));
+    assert_eq!(
+        session.firewall_profile.as_deref(),
+        Some("most-restrictive")
+    );
 
     let channel = create_channel(
         &mut c,
@@ -294,7 +322,7 @@ async fn schema_matches_tables(t: &TestDatabase) -> anyhow::Result<()> {
 
     let event = record_event(
         &mut c,
-        &NewAuditEvent::new("node-a", "session.start", "started")
+        &NewAuditEvent::new("node-a", AuditKind::SessionCreated, "started")
             .source(source.id)
             .console(console.id)
             .session(session.id.clone())
@@ -308,6 +336,49 @@ async fn schema_matches_tables(t: &TestDatabase) -> anyhow::Result<()> {
     end_session(&mut c, &session.id, "done", 3, 4)?;
     let session = get_session(&mut c, &session.id)?;
     assert_eq!(session.end_reason.as_deref(), Some("done"));
+
+    let web_hash = hash_token("schema-web-cookie");
+    let expires = now() + TimeDelta::hours(1);
+    let web = insert_web_session(
+        &mut c,
+        &NewWebSession {
+            session_hash: web_hash.clone(),
+            user_id: "u-1".to_owned(),
+            user_name: "alice".to_owned(),
+            project_id: Some("p-1".to_owned()),
+            project_name: Some("demo".to_owned()),
+            scoped: true,
+            keystone_token: Some("00ff".repeat(40)),
+            expires_at: expires,
+        },
+    )?;
+    assert_eq!(find_web_session(&mut c, &web_hash)?, Some(web.clone()));
+    assert_eq!(web.expires_at, expires);
+    assert!(web.scoped && web.is_valid_at(now()));
+    assert!(
+        insert_web_session(
+            &mut c,
+            &NewWebSession {
+                session_hash: "not-a-hash".to_owned(),
+                ..NewWebSession {
+                    session_hash: String::new(),
+                    user_id: "u".to_owned(),
+                    user_name: "u".to_owned(),
+                    project_id: None,
+                    project_name: None,
+                    scoped: false,
+                    keystone_token: None,
+                    expires_at: expires,
+                }
+            }
+        )
+        .is_err(),
+        "a cookie itself is never stored"
+    );
+    set_web_session_expiry(&mut c, &web_hash, now() - TimeDelta::seconds(1))?;
+    assert_eq!(delete_expired_web_sessions(&mut c, now())?, 1);
+    assert!(find_web_session(&mut c, &web_hash)?.is_none());
+    assert!(!delete_web_session(&mut c, &web_hash)?);
 
     // Now the catalog: the same columns, in any order, on both backends.
     let expected: &[(&str, &[&str])] = &[
@@ -340,6 +411,7 @@ async fn schema_matches_tables(t: &TestDatabase) -> anyhow::Result<()> {
                 "stale",
                 "discovered_at",
                 "updated_at",
+                "firewall_profile",
             ],
         ),
         (
@@ -371,6 +443,8 @@ async fn schema_matches_tables(t: &TestDatabase) -> anyhow::Result<()> {
                 "end_reason",
                 "bytes_to_client",
                 "bytes_to_server",
+                "firewall_profile",
+                "transport",
             ],
         ),
         (
@@ -412,6 +486,21 @@ async fn schema_matches_tables(t: &TestDatabase) -> anyhow::Result<()> {
                 "session_id",
                 "channel_id",
                 "message",
+            ],
+        ),
+        (
+            "web_sessions",
+            &[
+                "id",
+                "session_hash",
+                "user_id",
+                "user_name",
+                "project_id",
+                "project_name",
+                "scoped",
+                "keystone_token",
+                "created_at",
+                "expires_at",
             ],
         ),
     ];
@@ -1040,12 +1129,12 @@ async fn audit_events(t: &TestDatabase) -> anyhow::Result<()> {
     let at = now();
     let e1 = record_event_at(
         &mut c,
-        &NewAuditEvent::new("n", "t", "one").console(console.id),
+        &NewAuditEvent::new("n", AuditKind::TokenCreated, "one").console(console.id),
         at,
     )?;
     let e2 = record_event_at(
         &mut c,
-        &NewAuditEvent::new("n", "t", "two").console(console.id),
+        &NewAuditEvent::new("n", AuditKind::TokenCreated, "two").console(console.id),
         at,
     )?;
     assert_ne!(e1.id, e2.id);
@@ -1062,14 +1151,20 @@ async fn audit_events(t: &TestDatabase) -> anyhow::Result<()> {
         &mut c,
         &[
             (
-                NewAuditEvent::new("n", "b", "three").console(console.id),
+                NewAuditEvent::new("n", AuditKind::ChannelEnded, "three").console(console.id),
                 earlier,
             ),
-            (NewAuditEvent::new("n", "b", "four").console(console.id), at),
+            (
+                NewAuditEvent::new("n", AuditKind::ChannelEnded, "four").console(console.id),
+                at,
+            ),
         ],
     )?;
     let all = list_events_for_console(&mut c, console.id, None, 10)?;
-    let batch: Vec<_> = all.iter().filter(|e| e.event_type == "b").collect();
+    let batch: Vec<_> = all
+        .iter()
+        .filter(|e| e.event_type == "channel.ended")
+        .collect();
     assert_eq!(
         batch
             .iter()
@@ -1080,7 +1175,7 @@ async fn audit_events(t: &TestDatabase) -> anyhow::Result<()> {
     // Take them out again so the pagination below counts only its own events.
     diesel::delete(
         kerbside::db::schema::audit_events::table
-            .filter(kerbside::db::schema::audit_events::event_type.eq("b")),
+            .filter(kerbside::db::schema::audit_events::event_type.eq("channel.ended")),
     )
     .execute(&mut c)?;
 
@@ -1088,11 +1183,12 @@ async fn audit_events(t: &TestDatabase) -> anyhow::Result<()> {
     for i in 0..23 {
         record_event(
             &mut c,
-            &NewAuditEvent::new("n", "page", format!("p{i}")).console(console.id),
+            &NewAuditEvent::new("n", AuditKind::ChannelCreated, format!("p{i}"))
+                .console(console.id),
         )?;
         record_event(
             &mut c,
-            &NewAuditEvent::new("m", "noise", "x").console(other.id),
+            &NewAuditEvent::new("m", AuditKind::HypervisorFailed, "x").console(other.id),
         )?;
     }
     let mut pages = Vec::new();
@@ -1145,7 +1241,7 @@ async fn audit_events(t: &TestDatabase) -> anyhow::Result<()> {
     let by_type = list_events(
         &mut c,
         &AuditFilter {
-            event_type: Some("t".into()),
+            event_type: Some("token.created".into()),
             ..AuditFilter::default()
         },
         None,
@@ -1175,7 +1271,7 @@ async fn audit_events(t: &TestDatabase) -> anyhow::Result<()> {
     let session = create_session(&mut c, &new_session(console.id, 3, "n"))?;
     record_event(
         &mut c,
-        &NewAuditEvent::new("n", "session.start", "s").session(session.id.clone()),
+        &NewAuditEvent::new("n", AuditKind::SessionCreated, "s").session(session.id.clone()),
     )?;
     let by_session = list_events(
         &mut c,
@@ -1260,7 +1356,11 @@ async fn microseconds_and_big_counters(t: &TestDatabase) -> anyhow::Result<()> {
     let precise = NaiveDate::from_ymd_opt(2026, 11, 22)
         .and_then(|d| d.and_hms_micro_opt(13, 14, 15, 123_456))
         .context("date")?;
-    let event = record_event_at(&mut c, &NewAuditEvent::new("n", "t", "m"), precise)?;
+    let event = record_event_at(
+        &mut c,
+        &NewAuditEvent::new("n", AuditKind::TokenCreated, "m"),
+        precise,
+    )?;
     assert_eq!(event.event_time, precise);
     let listed = list_events(&mut c, &AuditFilter::default(), None, 1)?;
     assert_eq!(
@@ -1549,8 +1649,8 @@ fn db_url_parse() {
         ),
     ];
     for (raw, want) in bad {
-        let err = DbUrl::parse(raw).expect_err(raw);
-        assert!(matches!(err, DbError::InvalidUrl { .. }), "{raw}: {err:?}");
+        let err = DbError::from(DbUrl::parse(raw).expect_err(raw));
+        assert!(matches!(err, DbError::InvalidUrl(_)), "{raw}: {err:?}");
         assert_eq!(&err.to_string(), want, "{raw}");
         assert!(!err.to_string().contains("secret"), "{raw}");
     }

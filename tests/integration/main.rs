@@ -5,9 +5,19 @@
 #![cfg(test)]
 
 mod api;
+mod browser;
 mod cli;
 mod db;
+mod firewall;
+mod hardening;
+mod html5;
+mod lifecycle;
 mod notifications;
+mod nova_real;
+mod openapi;
+mod outages;
 mod peers;
 mod proxy;
 mod readiness;
+mod ryll;
+mod webui;

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use kerbside::cli::Component;
 use kerbside::config::{Config, ConfigSources};
 use kerbside::db::Db;
 use kerbside::db::models::{self, AuditFilter};
+use kerbside::service::Component;
 use kerbside::service::{self, Running};
 use kerbside_tests::chaos::ChaosProxy;
 use kerbside_tests::clients::{ProbeArgs, ProbeResult, probe_exit, spice_probe};
@@ -71,6 +71,32 @@ struct NodeSpec<'a> {
     notifications: &'a str,
     /// The proxy's certificate, when the proxy runs.
     pki: Option<&'a TestPki>,
+}
+
+impl<'a> NodeSpec<'a> {
+    /// Node `node-a` in `dir` with `consoles`, straight to `rabbit`'s broker, no extra
+    /// `[notifications]` lines and no proxy certificate: the usual node, which a test varies
+    /// with struct update syntax.
+    fn new(dir: &'a Path, rabbit: &'a TestRabbit, consoles: &'a [ConsoleSpec]) -> Self {
+        NodeSpec {
+            dir,
+            name: "node-a",
+            transport_url: rabbit.transport_url().to_owned(),
+            rabbit,
+            consoles,
+            notifications: "",
+            pki: None,
+        }
+    }
+}
+
+/// Starts a notifications-only node that must refuse to start, and returns its start error;
+/// a node that starts is a failure, saying the configuration was accepted although `why`.
+async fn start_error(spec: &NodeSpec<'_>, why: &str) -> Result<String> {
+    match start_node(spec, &[Component::Notifications]).await {
+        Ok(_) => bail!("kerbside started although {why}"),
+        Err(e) => Ok(e.to_string()),
+    }
 }
 
 fn write_sources(path: &Path, consoles: &[ConsoleSpec]) -> Result<()> {
@@ -315,13 +341,8 @@ async fn instance_events_end_sessions_revoke_tokens_and_leave_others_alone() -> 
     consoles.push(ConsoleSpec::on(&other_vm)?);
     let other = consoles.last().context("other")?.uuid.clone();
     let spec = NodeSpec {
-        dir: dir.path(),
-        name: "node-a",
-        transport_url: rabbit.transport_url().to_owned(),
-        rabbit: &rabbit,
-        consoles: &consoles,
-        notifications: "",
         pki: Some(&pki),
+        ..NodeSpec::new(dir.path(), &rabbit, &consoles)
     };
     let running = start_node(&spec, &[Component::Proxy, Component::Notifications]).await?;
     wait_connected(&running, true, EFFECT_DEADLINE).await?;
@@ -455,13 +476,8 @@ async fn poison_then_good(dead_letter: bool) -> Result<()> {
         .map(|(exchange, _)| format!("dead_letter_exchange = {exchange}\n"))
         .unwrap_or_default();
     let spec = NodeSpec {
-        dir: dir.path(),
-        name: "node-a",
-        transport_url: rabbit.transport_url().to_owned(),
-        rabbit: &rabbit,
-        consoles: &consoles,
         notifications: &extra,
-        pki: None,
+        ..NodeSpec::new(dir.path(), &rabbit, &consoles)
     };
     let running = start_node(&spec, &[Component::Notifications]).await?;
     wait_connected(&running, true, EFFECT_DEADLINE).await?;
@@ -558,13 +574,9 @@ async fn events_published_during_an_outage_are_handled(durable: bool) -> Result<
     ];
     let extra = format!("durable = {durable}\n");
     let spec = NodeSpec {
-        dir: dir.path(),
-        name: "node-a",
         transport_url: rabbit.transport_url_via(&chaos.addr().to_string())?,
-        rabbit: &rabbit,
-        consoles: &consoles,
         notifications: &extra,
-        pki: None,
+        ..NodeSpec::new(dir.path(), &rabbit, &consoles)
     };
     let running = start_node(&spec, &[Component::Notifications]).await?;
     wait_connected(&running, true, EFFECT_DEADLINE).await?;
@@ -647,13 +659,8 @@ async fn broker_down_at_start_is_retried_in_the_background() -> Result<()> {
     chaos.sever();
     let consoles = [ConsoleSpec::fake()];
     let spec = NodeSpec {
-        dir: dir.path(),
-        name: "node-a",
         transport_url: rabbit.transport_url_via(&chaos.addr().to_string())?,
-        rabbit: &rabbit,
-        consoles: &consoles,
-        notifications: "",
-        pki: None,
+        ..NodeSpec::new(dir.path(), &rabbit, &consoles)
     };
     // The broker may start after kerbside: not a start error.
     let running = start_node(&spec, &[Component::Notifications]).await?;
@@ -690,15 +697,7 @@ async fn database_unavailable_requeues_until_it_is_back() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let rabbit = TestRabbit::new().await?;
     let consoles = [ConsoleSpec::fake()];
-    let spec = NodeSpec {
-        dir: dir.path(),
-        name: "node-a",
-        transport_url: rabbit.transport_url().to_owned(),
-        rabbit: &rabbit,
-        consoles: &consoles,
-        notifications: "",
-        pki: None,
-    };
+    let spec = NodeSpec::new(dir.path(), &rabbit, &consoles);
     let running = start_node(&spec, &[Component::Notifications]).await?;
     wait_connected(&running, true, EFFECT_DEADLINE).await?;
     let uuid = consoles.first().context("console")?.uuid.clone();
@@ -751,15 +750,7 @@ async fn two_nodes_in_one_pool_handle_each_event_once() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let rabbit = TestRabbit::new().await?;
     let consoles: Vec<ConsoleSpec> = (0..12).map(|_| ConsoleSpec::fake()).collect();
-    let spec_a = NodeSpec {
-        dir: dir.path(),
-        name: "node-a",
-        transport_url: rabbit.transport_url().to_owned(),
-        rabbit: &rabbit,
-        consoles: &consoles,
-        notifications: "",
-        pki: None,
-    };
+    let spec_a = NodeSpec::new(dir.path(), &rabbit, &consoles);
     let spec_b = NodeSpec {
         name: "node-b",
         transport_url: spec_a.transport_url.clone(),
@@ -815,20 +806,14 @@ async fn durability_mismatch_is_a_clear_start_error() -> Result<()> {
     let rabbit = TestRabbit::new().await?;
     rabbit.declare_exchange(true).await?;
     let spec = NodeSpec {
-        dir: dir.path(),
-        name: "node-a",
-        transport_url: rabbit.transport_url().to_owned(),
-        rabbit: &rabbit,
-        consoles: &[],
         notifications: "durable = false\n",
-        pki: None,
+        ..NodeSpec::new(dir.path(), &rabbit, &[])
     };
-    let err = match start_node(&spec, &[Component::Notifications]).await {
-        Ok(_) => {
-            bail!("kerbside started although the exchange is durable and the configuration is not")
-        }
-        Err(e) => e.to_string(),
-    };
+    let err = start_error(
+        &spec,
+        "the exchange is durable and the configuration is not",
+    )
+    .await?;
     assert!(
         err.contains(&format!("exchange '{}'", rabbit.exchange)),
         "{err}"
@@ -842,18 +827,11 @@ async fn durability_mismatch_is_a_clear_start_error() -> Result<()> {
     let rabbit = TestRabbit::new().await?;
     rabbit.declare_pool_queue(false).await?;
     let spec = NodeSpec {
-        dir: dir.path(),
         name: "node-b",
-        transport_url: rabbit.transport_url().to_owned(),
-        rabbit: &rabbit,
-        consoles: &[],
         notifications: "queue_type = quorum\ndurable = true\n",
-        pki: None,
+        ..NodeSpec::new(dir.path(), &rabbit, &[])
     };
-    let err = match start_node(&spec, &[Component::Notifications]).await {
-        Ok(_) => bail!("kerbside started although its queue exists with other settings"),
-        Err(e) => e.to_string(),
-    };
+    let err = start_error(&spec, "its queue exists with other settings").await?;
     assert!(
         err.contains(&format!("queue '{}'", rabbit.queue())),
         "{err}"
@@ -865,20 +843,15 @@ async fn durability_mismatch_is_a_clear_start_error() -> Result<()> {
     let rabbit = TestRabbit::new().await?;
     rabbit.declare_exchange(false).await?;
     let spec = NodeSpec {
-        dir: dir.path(),
         name: "node-c",
-        transport_url: rabbit.transport_url().to_owned(),
-        rabbit: &rabbit,
-        consoles: &[],
         notifications: "queue_type = quorum\n",
-        pki: None,
+        ..NodeSpec::new(dir.path(), &rabbit, &[])
     };
-    let err = match start_node(&spec, &[Component::Notifications]).await {
-        Ok(_) => {
-            bail!("kerbside started although the exchange is not durable and the configuration is")
-        }
-        Err(e) => e.to_string(),
-    };
+    let err = start_error(
+        &spec,
+        "the exchange is not durable and the configuration is",
+    )
+    .await?;
     assert!(
         err.contains("set [notifications] durable = false and queue_type = classic"),
         "{err}"
@@ -895,13 +868,8 @@ async fn quorum_queue_and_durable_exchange_like_kolla() -> Result<()> {
     rabbit.declare_exchange(true).await?;
     let consoles = [ConsoleSpec::fake()];
     let spec = NodeSpec {
-        dir: dir.path(),
-        name: "node-a",
-        transport_url: rabbit.transport_url().to_owned(),
-        rabbit: &rabbit,
-        consoles: &consoles,
         notifications: "queue_type = quorum\n",
-        pki: None,
+        ..NodeSpec::new(dir.path(), &rabbit, &consoles)
     };
     let running = start_node(&spec, &[Component::Notifications]).await?;
     wait_connected(&running, true, EFFECT_DEADLINE).await?;

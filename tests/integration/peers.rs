@@ -3,11 +3,10 @@
 //! QEMU, over plain and TLS, with right and wrong tickets, and QMP changes tickets.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kerbside_tests::clients::{
-    ProbeArgs, ppm_pixels, probe_exit, remote_viewer, spice_probe, spicy_screenshot,
+    ProbeArgs, RV_TIMEOUT, ppm_pixels, probe_exit, remote_viewer, spice_probe, spicy_screenshot,
 };
 use kerbside_tests::pki::TestPki;
 use kerbside_tests::qemu::SpiceServer;
@@ -30,10 +29,7 @@ fn assert_screen(image: Option<&[u8]>, what: &str) -> Result<()> {
 #[tokio::test]
 async fn spicy_screenshot_plain_password_checked() -> Result<()> {
     require_all(&["qemu", "spicy-screenshot"])?;
-    let server = SpiceServer::builder()
-        .password(Some("right-ticket"))
-        .start()
-        .await?;
+    let server = SpiceServer::with_password("right-ticket").await?;
     let dir = tempfile::tempdir()?;
 
     let good = spicy_screenshot(
@@ -233,7 +229,7 @@ async fn remote_viewer_opens_a_vv_file() -> Result<()> {
 
     let vv = dir.path().join("console.vv");
     write_vv(&vv, &server, &pki, &password)?;
-    let r = remote_viewer(&vv, Duration::from_secs(20)).await?;
+    let r = remote_viewer(&vv, RV_TIMEOUT).await?;
     assert!(r.main_channel_opened, "log:\n{}", r.log);
     assert!(r.display_created, "log:\n{}", r.log);
     assert!(!r.auth_failed, "log:\n{}", r.log);
@@ -241,7 +237,7 @@ async fn remote_viewer_opens_a_vv_file() -> Result<()> {
 
     let bad = dir.path().join("bad.vv");
     write_vv(&bad, &server, &pki, "not-the-ticket")?;
-    let r = remote_viewer(&bad, Duration::from_secs(20)).await?;
+    let r = remote_viewer(&bad, RV_TIMEOUT).await?;
     assert!(r.auth_failed, "log:\n{}", r.log);
     assert!(!r.main_channel_opened, "log:\n{}", r.log);
 
@@ -249,7 +245,7 @@ async fn remote_viewer_opens_a_vv_file() -> Result<()> {
     let other = TestPki::new(&dir.path().join("other"))?;
     let untrusted = dir.path().join("untrusted.vv");
     write_vv(&untrusted, &server, &other, &password)?;
-    let r = remote_viewer(&untrusted, Duration::from_secs(20)).await?;
+    let r = remote_viewer(&untrusted, RV_TIMEOUT).await?;
     assert!(r.tls_failed, "log:\n{}", r.log);
     assert!(!r.main_channel_opened, "log:\n{}", r.log);
     Ok(())

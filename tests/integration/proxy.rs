@@ -6,79 +6,58 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use kerbside::spice::{ChannelType, LinkError, LinkMessage};
 use kerbside_tests::app::{TestApp, TestConsole, program};
-use kerbside_tests::clients::{probe_exit, remote_viewer, spice_probe, spicy_screenshot};
+use kerbside_tests::clients::{
+    RV_TIMEOUT, probe_exit, remote_viewer, spice_probe, spicy_screenshot,
+};
 use kerbside_tests::pki::TestPki;
 use kerbside_tests::qemu::SpiceServer;
 use kerbside_tests::require::require_all;
+use kerbside_tests::screens::{same_screen, stable_direct_screenshot};
 use kerbside_tests::spice_client::{
     self, ClientOptions, ScriptedServer, dst_info, gtk_caps, mini_message,
 };
+use kerbside_tests::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TTL: Duration = Duration::from_secs(300);
 
-/// Polls `check` until it returns true or `limit` passes (for effects of background work).
-async fn eventually<F, Fut>(limit: Duration, mut check: F) -> Result<bool>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await? {
-            return Ok(true);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Ok(false);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The same VM screen: same size, and identical but for the BIOS's blinking text cursor
-/// (one 9x16 character cell of 720x400 VGA text mode), which two screenshots may catch in different phases.
-fn same_screen(a: &Option<Vec<u8>>, b: &Option<Vec<u8>>) -> Result<()> {
-    let (a, b) = (
-        a.as_deref().context("no image")?,
-        b.as_deref().context("no image")?,
-    );
-    let (wa, ha, pa) = kerbside_tests::clients::ppm_pixels(a)?;
-    let (wb, hb, pb) = kerbside_tests::clients::ppm_pixels(b)?;
-    assert_eq!((wa, ha), (wb, hb), "screen sizes differ");
-    let differing: Vec<usize> = pa
-        .chunks(3)
-        .zip(pb.chunks(3))
-        .enumerate()
-        .filter(|(_, (x, y))| x != y)
-        .map(|(i, _)| i)
-        .collect();
-    let cell = differing.iter().all(|i| {
-        let (x, y) = (i % wa as usize, i / wa as usize);
-        let (x0, y0) = (differing[0] % wa as usize, differing[0] / wa as usize);
-        x.abs_diff(x0) < 9 && y.abs_diff(y0) < 16
-    });
-    assert!(
-        cell,
-        "{} pixels differ beyond one character cell",
-        differing.len()
-    );
-    Ok(())
-}
-
 /// Whether the peer closes `stream` (end of stream or an error) within 30 s, reading and
 /// dropping whatever arrives meanwhile.
 async fn closes(stream: &mut Box<dyn spice_client::Stream>) -> bool {
+    spice_client::closed_within(stream, Duration::from_secs(30)).await
+}
+
+/// Whether the peer ends `stream` with a TLS `close_notify` within 30 s, reading and dropping
+/// whatever arrives meanwhile. tokio-rustls reports end of stream as `Ok(0)` only after a
+/// `close_notify`; a bare TCP close is an `UnexpectedEof` error.
+async fn closes_cleanly(stream: &mut Box<dyn spice_client::Stream>) -> Result<bool> {
     let mut buf = vec![0u8; 65536];
-    tokio::time::timeout(Duration::from_secs(30), async {
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) => return Ok(true),
                 Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) => return Err(anyhow::Error::from(e)),
             }
         }
     })
-    .await
-    .is_ok()
+    .await;
+    ended.unwrap_or(Ok(false))
+}
+
+/// The `channel.ended` audit messages of one session.
+async fn channel_ends(
+    app: &TestApp,
+    session_id: &kerbside::db::models::SessionId,
+) -> Result<Vec<String>> {
+    Ok(app
+        .audit_events("channel.ended")
+        .await?
+        .into_iter()
+        .filter(|e| e.session_id.as_ref() == Some(session_id))
+        .map(|e| e.message)
+        .collect())
 }
 
 /// Links a session's main channel through `main_via` and its display channel through
@@ -103,43 +82,25 @@ async fn main_and_display(
 #[tokio::test]
 async fn screenshot_through_the_proxy_matches_direct() -> Result<()> {
     require_all(&["qemu", "spicy-screenshot"])?;
-    let server = SpiceServer::builder()
-        .password(Some("hv-ticket-1"))
-        .start()
-        .await?;
+    let server = SpiceServer::with_password("hv-ticket-1").await?;
     let console = TestConsole::for_server(&server);
-    let app = TestApp::builder().console(console.clone()).start().await?;
+    let app = TestApp::for_console(&console).await?;
     let token = app.mint_token(&console.uuid, TTL).await?;
     let out = app.dir().to_path_buf();
 
-    let direct = spicy_screenshot(
-        server.host(),
-        server.port(),
-        None,
-        Some("hv-ticket-1"),
-        None,
-        &out.join("direct.ppm"),
-    )
-    .await?;
-    assert_eq!(direct.exit_code, Some(0), "direct: {}", direct.stderr);
+    // Compare with what the guest shows once it stopped printing, not with a screen caught
+    // mid-way through SeaBIOS's output.
+    let direct = stable_direct_screenshot(&server, "hv-ticket-1", &out).await?;
 
     // Straight to TLS.
-    let tls = spicy_screenshot(
-        "127.0.0.1",
-        None,
-        Some(app.tls_addr().port()),
-        Some(&token),
-        Some(&app.pki.ca_cert_path()),
-        &out.join("tls.ppm"),
-    )
-    .await?;
+    let tls = app.screenshot_tls(&token, "tls.ppm").await?;
     assert_eq!(
         tls.exit_code,
         Some(0),
         "through the proxy over TLS: {}",
         tls.stderr
     );
-    same_screen(&direct.image, &tls.image)?;
+    same_screen(&direct, &tls.image)?;
 
     // Plain port first: NEED_SECURED sends every channel to the TLS port, same token.
     let redirected = spicy_screenshot(
@@ -157,7 +118,7 @@ async fn screenshot_through_the_proxy_matches_direct() -> Result<()> {
         "via the plain port's redirect: {}",
         redirected.stderr
     );
-    same_screen(&direct.image, &redirected.image)?;
+    same_screen(&direct, &redirected.image)?;
 
     // The hypervisor's ticket is not a kerbside token.
     let wrong = spicy_screenshot(
@@ -212,15 +173,7 @@ async fn tls_hypervisor_is_verified_by_ca_and_host_subject() -> Result<()> {
         .await?;
 
     let token = app.mint_token(&good.uuid, TTL).await?;
-    let shot = spicy_screenshot(
-        "127.0.0.1",
-        None,
-        Some(app.tls_addr().port()),
-        Some(&token),
-        Some(&app.pki.ca_cert_path()),
-        &app.dir().join("tls-hv.ppm"),
-    )
-    .await?;
+    let shot = app.screenshot_tls(&token, "tls-hv.ppm").await?;
     assert_eq!(
         shot.exit_code,
         Some(0),
@@ -251,14 +204,11 @@ async fn every_channel_of_a_rich_session_is_relayed() -> Result<()> {
     require_all(&["qemu", "spice-probe"])?;
     let server = SpiceServer::builder()
         .password(Some("rich"))
-        .monitors(2)
-        .audio(true)
-        .usbredir(2)
-        .webdav(true)
+        .rich()
         .start()
         .await?;
     let console = TestConsole::for_server(&server);
-    let app = TestApp::builder().console(console.clone()).start().await?;
+    let app = TestApp::for_console(&console).await?;
     let token = app.mint_token(&console.uuid, TTL).await?;
     let channels = "main,display:2,inputs,cursor,playback,record,usbredir:2,webdav";
     let mut args = app.probe_args(&token, channels);
@@ -280,12 +230,7 @@ async fn every_channel_of_a_rich_session_is_relayed() -> Result<()> {
         );
     }
     // Every channel is on record under one session.
-    let session = app
-        .sessions(false)
-        .await?
-        .into_iter()
-        .next()
-        .context("no session")?;
+    let session = app.newest_session().await?;
     let channels = app
         .db()
         .run(move |conn| kerbside::db::models::list_channels(conn, &session.id))
@@ -302,9 +247,9 @@ async fn every_channel_of_a_rich_session_is_relayed() -> Result<()> {
 #[tokio::test]
 async fn remote_viewer_opens_a_vv_from_kerbside_manage() -> Result<()> {
     require_all(&["qemu", "remote-viewer", "xvfb"])?;
-    let server = SpiceServer::builder().password(Some("rv")).start().await?;
+    let server = SpiceServer::with_password("rv").await?;
     let console = TestConsole::for_server(&server);
-    let app = TestApp::builder().console(console.clone()).start().await?;
+    let app = TestApp::for_console(&console).await?;
     let vv = app.dir().join("console.vv");
     let output = tokio::process::Command::new(program("kerbside-manage")?)
         .args(app.config_args())
@@ -345,7 +290,7 @@ async fn remote_viewer_opens_a_vv_from_kerbside_manage() -> Result<()> {
     ] {
         assert!(text.contains(key), "{key} missing from the .vv:\n{text}");
     }
-    let viewer = remote_viewer(&vv, Duration::from_secs(20)).await?;
+    let viewer = remote_viewer(&vv, RV_TIMEOUT).await?;
     assert!(
         viewer.main_channel_opened,
         "remote-viewer did not open the main channel:\n{}",
@@ -363,12 +308,9 @@ async fn remote_viewer_opens_a_vv_from_kerbside_manage() -> Result<()> {
 #[tokio::test]
 async fn wrong_expired_and_rebound_tokens_are_denied() -> Result<()> {
     require_all(&["qemu", "spice-probe"])?;
-    let server = SpiceServer::builder()
-        .password(Some("deny"))
-        .start()
-        .await?;
+    let server = SpiceServer::with_password("deny").await?;
     let console = TestConsole::for_server(&server);
-    let app = TestApp::builder().console(console.clone()).start().await?;
+    let app = TestApp::for_console(&console).await?;
     let client = app.client();
 
     let unknown = spice_client::link(
@@ -522,11 +464,9 @@ async fn migration_messages_never_reach_the_client() -> Result<()> {
     ];
     let mut server = ScriptedServer::start("scripted-ticket", upstream_session, script).await?;
     let console = TestConsole::at(server.addr, "scripted-ticket");
-    let app = TestApp::builder().console(console.clone()).start().await?;
+    let app = TestApp::for_console(&console).await?;
     let token = app.mint_token(&console.uuid, TTL).await?;
-    let mut main = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token)
-        .await?
-        .map_err(|e| anyhow::anyhow!("link: {e}"))?;
+    let mut main = app.link_main(&token).await?;
 
     let (t, init) = spice_client::read_message(&mut main.stream).await?;
     assert_eq!(t, 103);
@@ -583,14 +523,12 @@ async fn migration_messages_never_reach_the_client() -> Result<()> {
 #[tokio::test]
 async fn garbage_and_idle_connections_are_closed_while_sessions_work() -> Result<()> {
     require_all(&["qemu", "spicy-screenshot"])?;
-    let server = SpiceServer::builder()
-        .password(Some("busy"))
-        .start()
-        .await?;
+    let server = SpiceServer::with_password("busy").await?;
     let console = TestConsole::for_server(&server);
     let app = TestApp::builder()
         .console(console.clone())
-        .ini("[proxy]\nhandshake_timeout = 2")
+        // Room for all the idle connections below, which come from the client's own address.
+        .ini("[proxy]\nhandshake_timeout = 2\nmax_handshakes = 4000\nmax_handshakes_per_address = 4000")
         .start()
         .await?;
 
@@ -638,15 +576,7 @@ async fn garbage_and_idle_connections_are_closed_while_sessions_work() -> Result
     }
     // A real session works meanwhile.
     let token = app.mint_token(&console.uuid, TTL).await?;
-    let shot = spicy_screenshot(
-        "127.0.0.1",
-        None,
-        Some(app.tls_addr().port()),
-        Some(&token),
-        Some(&app.pki.ca_cert_path()),
-        &app.dir().join("busy.ppm"),
-    )
-    .await?;
+    let shot = app.screenshot_tls(&token, "busy.ppm").await?;
     assert_eq!(
         shot.exit_code,
         Some(0),
@@ -666,20 +596,12 @@ async fn garbage_and_idle_connections_are_closed_while_sessions_work() -> Result
 #[tokio::test]
 async fn terminate_ends_a_live_session() -> Result<()> {
     require_all(&["qemu"])?;
-    let server = SpiceServer::builder()
-        .password(Some("term"))
-        .start()
-        .await?;
+    let server = SpiceServer::with_password("term").await?;
     let console = TestConsole::for_server(&server);
-    let app = TestApp::builder().console(console.clone()).start().await?;
+    let app = TestApp::for_console(&console).await?;
     let token = app.mint_token(&console.uuid, TTL).await?;
     let (mut main, mut display) = main_and_display(&app.client(), &app.client(), &token).await?;
-    let session = app
-        .sessions(true)
-        .await?
-        .into_iter()
-        .next()
-        .context("no live session")?;
+    let session = app.live_session().await?;
 
     let output = tokio::process::Command::new(program("kerbside-manage")?)
         .args(app.config_args())
@@ -698,10 +620,11 @@ async fn terminate_ends_a_live_session() -> Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    for stream in [&mut main.stream, &mut display.stream] {
+    // Each channel ends with a TLS close_notify, not a bare TCP close.
+    for (name, stream) in [("main", &mut main.stream), ("display", &mut display.stream)] {
         assert!(
-            closes(stream).await,
-            "a channel of the terminated session stayed open"
+            closes_cleanly(stream).await?,
+            "the terminated session's {name} channel was not closed with a TLS close_notify"
         );
     }
     let ended = eventually(Duration::from_secs(5), || async {
@@ -715,6 +638,123 @@ async fn terminate_ends_a_live_session() -> Result<()> {
         "session not recorded as terminated: {:?}",
         app.sessions(false).await?
     );
+    // Both channels' ends are audited with the operator's reason.
+    let audited = eventually(Duration::from_secs(5), || async {
+        Ok(channel_ends(&app, &session.id).await?.len() == 2)
+    })
+    .await?;
+    let ends = channel_ends(&app, &session.id).await?;
+    assert!(audited, "channel ends: {ends:?}");
+    for end in &ends {
+        assert!(end.contains("ended: terminated: test says so"), "{end}");
+    }
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn takeover_and_vanished_clients_are_recorded_in_words() -> Result<()> {
+    require_all(&["qemu", "spice-probe"])?;
+    let server = SpiceServer::with_password("takeover").await?;
+    let console = TestConsole::for_server(&server);
+    let app = TestApp::for_console(&console).await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+
+    // A real spice-gtk client holds main, display, inputs and cursor open.
+    let mut args = app.probe_args(&token, "main,display,inputs,cursor");
+    args.extra = vec!["--hold".into(), "120".into(), "--exit-on-close".into()];
+    args.timeout = Duration::from_secs(150);
+    let probe = tokio::spawn(async move { spice_probe(&args).await });
+    let linked = eventually(Duration::from_secs(30), || async {
+        let Some(session) = app.sessions(true).await?.into_iter().next() else {
+            return Ok(false);
+        };
+        let channels = app
+            .db()
+            .run(move |conn| kerbside::db::models::list_channels(conn, &session.id))
+            .await?;
+        Ok(channels.len() >= 4)
+    })
+    .await?;
+    assert!(linked, "the first client did not link its four channels");
+    let first = app.live_session().await?;
+
+    // A second client with the same token takes the console over: QEMU drops every channel
+    // of the first client.
+    let second = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token).await?;
+    let mut second = second.map_err(|e| anyhow::anyhow!("second main link: {e}"))?;
+    spice_client::read_message(&mut second.stream).await?;
+    let result = tokio::time::timeout(Duration::from_secs(60), probe)
+        .await
+        .context("the first client was not disconnected")???;
+    assert_eq!(
+        result.exit_code,
+        Some(probe_exit::IO),
+        "{}",
+        result.describe()
+    );
+
+    // The hypervisor closed them, and the record says so for each channel and the session.
+    let recorded = eventually(Duration::from_secs(10), || async {
+        Ok(channel_ends(&app, &first.id).await?.len() >= 4)
+    })
+    .await?;
+    let ends = channel_ends(&app, &first.id).await?;
+    assert!(recorded, "channel ends of the first session: {ends:?}");
+    for end in &ends {
+        assert!(
+            end.contains("ended: the hypervisor closed the connection"),
+            "a channel closed by the hypervisor is recorded as: {end}"
+        );
+    }
+    let first_end = app
+        .sessions(false)
+        .await?
+        .into_iter()
+        .find(|s| s.id == first.id)
+        .and_then(|s| s.end_reason);
+    assert_eq!(
+        first_end.as_deref(),
+        Some("the hypervisor closed the connection")
+    );
+
+    // The second client vanishes without a close_notify, as a killed client does (with unread
+    // bytes, its kernel resets the connection): the record says so in words, without the TLS
+    // library's explanation and URL.
+    let second_id = app
+        .sessions(true)
+        .await?
+        .into_iter()
+        .next()
+        .context("no second session")?
+        .id;
+    drop(second);
+    let ended = eventually(Duration::from_secs(10), || async {
+        Ok(app
+            .sessions(false)
+            .await?
+            .iter()
+            .any(|s| s.id == second_id && s.end_reason.is_some()))
+    })
+    .await?;
+    assert!(ended, "{:?}", app.sessions(false).await?);
+    let second_end = app
+        .sessions(false)
+        .await?
+        .into_iter()
+        .find(|s| s.id == second_id)
+        .and_then(|s| s.end_reason);
+    let second_end = second_end.unwrap_or_default();
+    assert!(
+        second_end == "the client closed the connection"
+            || second_end == "client connection failed: connection reset",
+        "{second_end}"
+    );
+    for event in ["channel.ended", "session.ended"] {
+        for e in app.audit_events(event).await? {
+            assert!(!e.message.contains("://"), "{event}: {}", e.message);
+        }
+    }
     app.stop().await;
     Ok(())
 }
@@ -727,10 +767,7 @@ async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<(
         &kerbside_tests::db::mariadb_server_url(),
         database.mariadb_name().context("mariadb")?,
     );
-    let server = SpiceServer::builder()
-        .password(Some("two-nodes"))
-        .start()
-        .await?;
+    let server = SpiceServer::with_password("two-nodes").await?;
     let console = TestConsole::for_server(&server);
     let node_a = TestApp::builder()
         .console(console.clone())
@@ -801,7 +838,7 @@ async fn termination_reaches_another_proxy_process_through_mariadb() -> Result<(
 #[tokio::test]
 async fn ipv6_old_clients_full_headers_and_limits() -> Result<()> {
     require_all(&["qemu"])?;
-    let server = SpiceServer::builder().password(Some("v6")).start().await?;
+    let server = SpiceServer::with_password("v6").await?;
     let console = TestConsole::for_server(&server);
     let app = TestApp::builder()
         .console(console.clone())
@@ -844,8 +881,7 @@ async fn ipv6_old_clients_full_headers_and_limits() -> Result<()> {
             .has_common(kerbside::spice::consts::COMMON_CAP_AUTH_SASL),
         "SASL is never offered"
     );
-    let ticket =
-        kerbside::spice::encrypt_ticket(&mut rand::rngs::OsRng, &reply.pub_key, token.as_bytes())?;
+    let ticket = kerbside::spice::encrypt_ticket(&reply.pub_key, token.as_bytes())?;
     stream.write_all(&ticket).await?;
     let mut result = [0u8; 4];
     stream.read_exact(&mut result).await?;
@@ -867,8 +903,10 @@ async fn ipv6_old_clients_full_headers_and_limits() -> Result<()> {
         "full header: MAIN_INIT"
     );
 
-    // max_sessions = 1: a second session is refused with a link error.
-    let second = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token).await?;
+    // max_sessions = 1: a second authorized session is refused with a link error (the first
+    // token is bound to the IPv6 client, so the second session needs a token of its own).
+    let second_token = app.mint_token(&console.uuid, TTL).await?;
+    let second = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &second_token).await?;
     assert_eq!(
         second.err(),
         Some(LinkError::Error),
@@ -904,8 +942,9 @@ async fn ipv6_old_clients_full_headers_and_limits() -> Result<()> {
 }
 
 /// Runs `kerbside --component proxy` as its own process on the app's state, with a grace
-/// period of `grace` seconds; returns the process and its TLS address.
-async fn spawn_proxy_process(
+/// period of `grace` seconds; returns the process and its TLS address. (The firewall tests
+/// use it for a second node too.)
+pub(crate) async fn spawn_proxy_process(
     app: &TestApp,
     name: &str,
     grace: u64,
@@ -941,28 +980,13 @@ async fn spawn_proxy_process(
     Ok((child, addr))
 }
 
-fn signal(child: &tokio::process::Child, name: &str) -> Result<()> {
-    let pid = child.id().context("process already gone")?;
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{name}"), &pid.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "kill -{name} failed");
-    Ok(())
-}
-
-#[tokio::test]
-async fn sigterm_drains_then_closes_and_a_second_signal_stops_at_once() -> Result<()> {
-    require_all(&["qemu"])?;
-    let server = SpiceServer::builder()
-        .password(Some("drain"))
-        .start()
-        .await?;
-    let console = TestConsole::for_server(&server);
-    let app = TestApp::builder().console(console.clone()).start().await?;
-
-    // Graceful: SIGTERM closes the listener at once, lets the session run out the grace
-    // period, then closes it and exits cleanly.
-    let (mut child, addr) = spawn_proxy_process(&app, "drainer", 3).await?;
+/// A main channel linked through the proxy process at `addr` with a fresh token for
+/// `console`, past its first message (the session is live).
+async fn live_main_channel(
+    app: &TestApp,
+    console: &TestConsole,
+    addr: std::net::SocketAddr,
+) -> Result<spice_client::ClientChannel> {
     let token = app.mint_token(&console.uuid, TTL).await?;
     let mut main = spice_client::link(
         &ClientOptions {
@@ -977,6 +1001,29 @@ async fn sigterm_drains_then_closes_and_a_second_signal_stops_at_once() -> Resul
     .await?
     .map_err(|e| anyhow::anyhow!("link: {e}"))?;
     spice_client::read_message(&mut main.stream).await?;
+    Ok(main)
+}
+
+fn signal(child: &tokio::process::Child, name: &str) -> Result<()> {
+    let pid = child.id().context("process already gone")?;
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{name} failed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_drains_then_closes_and_a_second_signal_stops_at_once() -> Result<()> {
+    require_all(&["qemu"])?;
+    let server = SpiceServer::with_password("drain").await?;
+    let console = TestConsole::for_server(&server);
+    let app = TestApp::for_console(&console).await?;
+
+    // Graceful: SIGTERM closes the listener at once, lets the session run out the grace
+    // period, then closes it and exits cleanly.
+    let (mut child, addr) = spawn_proxy_process(&app, "drainer", 3).await?;
+    let mut main = live_main_channel(&app, &console, addr).await?;
     signal(&child, "TERM")?;
     let refused = eventually(Duration::from_secs(5), || async {
         Ok(tokio::net::TcpStream::connect(addr).await.is_err())
@@ -1008,20 +1055,7 @@ async fn sigterm_drains_then_closes_and_a_second_signal_stops_at_once() -> Resul
 
     // Impatient: a second signal stops without waiting for the (long) grace period.
     let (mut child, addr) = spawn_proxy_process(&app, "impatient", 600).await?;
-    let token = app.mint_token(&console.uuid, TTL).await?;
-    let mut main = spice_client::link(
-        &ClientOptions {
-            addr,
-            ..app.client()
-        },
-        ChannelType::Main,
-        0,
-        0,
-        &token,
-    )
-    .await?
-    .map_err(|e| anyhow::anyhow!("link: {e}"))?;
-    spice_client::read_message(&mut main.stream).await?;
+    let _main = live_main_channel(&app, &console, addr).await?;
     signal(&child, "TERM")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     signal(&child, "INT")?;
@@ -1029,6 +1063,27 @@ async fn sigterm_drains_then_closes_and_a_second_signal_stops_at_once() -> Resul
         .await
         .context("a second signal did not stop kerbside")??;
     assert!(status.success(), "exit status {status}");
+
+    // Ctrl-C: SIGINT alone stops at once too, without the (long) grace period, and the
+    // session is closed and recorded.
+    let (mut child, addr) = spawn_proxy_process(&app, "interrupted", 600).await?;
+    let mut main = live_main_channel(&app, &console, addr).await?;
+    signal(&child, "INT")?;
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .context("SIGINT did not stop kerbside at once")??;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        closes(&mut main.stream).await,
+        "the session outlived the process"
+    );
+    let ended = eventually(Duration::from_secs(5), || async {
+        Ok(app.sessions(false).await?.iter().any(|s| {
+            s.node == "interrupted" && s.end_reason.as_deref() == Some("proxy shutting down")
+        }))
+    })
+    .await?;
+    assert!(ended, "the interrupted session was not recorded");
     app.stop().await;
     Ok(())
 }
@@ -1045,13 +1100,11 @@ async fn idle_channels_are_closed_and_recorded() -> Result<()> {
         .start()
         .await?;
     let token = app.mint_token(&console.uuid, TTL).await?;
-    let mut main = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token)
-        .await?
-        .map_err(|e| anyhow::anyhow!("link: {e}"))?;
+    let mut main = app.link_main(&token).await?;
     spice_client::read_message(&mut main.stream).await?;
     assert!(
-        closes(&mut main.stream).await,
-        "an idle session stayed open"
+        closes_cleanly(&mut main.stream).await?,
+        "an idle session stayed open, or was closed without a TLS close_notify"
     );
     let recorded = eventually(Duration::from_secs(10), || async {
         Ok(app
@@ -1062,6 +1115,209 @@ async fn idle_channels_are_closed_and_recorded() -> Result<()> {
     })
     .await?;
     assert!(recorded, "{:?}", app.sessions(false).await?);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn hypervisor_certificates_are_checked_against_the_hypervisor_name() -> Result<()> {
+    require_all(&["qemu"])?;
+    let dir = tempfile::tempdir()?;
+    let hv_pki = TestPki::new(&dir.path().join("ca"))?;
+    // One certificate names the hypervisor only; the other names another host, plus the
+    // address kerbside connects to.
+    let named = hv_pki.issue("hv1", "hv1.test", &["hv1.test"])?;
+    let impostor = hv_pki.issue("evil", "evil.test", &["evil.test", "127.0.0.1"])?;
+    let mut consoles = Vec::new();
+    let mut servers = Vec::new();
+    for leaf in [&named, &impostor] {
+        let server = SpiceServer::builder()
+            .password(Some("names"))
+            .tls_leaf(&hv_pki, leaf, &dir.path().join(&leaf.name))?
+            .tls_only(true)
+            .start()
+            .await?;
+        let mut console = TestConsole::for_server(&server);
+        console.hypervisor = "hv1.test".to_owned();
+        console.host = "127.0.0.1".to_owned();
+        console.host_subject = None;
+        consoles.push(console);
+        servers.push(server);
+    }
+    let app = TestApp::builder()
+        .console(consoles[0].clone())
+        .console(consoles[1].clone())
+        .source_ca(hv_pki.ca_pem())
+        .start()
+        .await?;
+
+    // hv1.test's own certificate, reached at 127.0.0.1: accepted.
+    let token = app.mint_token(&consoles[0].uuid, TTL).await?;
+    let mut main = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token)
+        .await?
+        .map_err(|e| anyhow::anyhow!("a certificate naming the hypervisor was refused: {e}"))?;
+    let (msg_type, _) = spice_client::read_message(&mut main.stream).await?;
+    assert_eq!(
+        msg_type, 103,
+        "MAIN_INIT through a TLS hypervisor named hv1.test"
+    );
+
+    // A certificate valid for the address but not for hv1.test: refused, and audited.
+    let token = app.mint_token(&consoles[1].uuid, TTL).await?;
+    let refused = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token).await?;
+    assert_eq!(
+        refused.err(),
+        Some(LinkError::Error),
+        "a certificate for evil.test must not stand for hv1.test"
+    );
+    let failed = eventually(Duration::from_secs(5), || async {
+        Ok(!app.audit_events("hypervisor.failed").await?.is_empty())
+    })
+    .await?;
+    assert!(failed, "no hypervisor.failed audit event");
+    let events = app.audit_events("hypervisor.failed").await?;
+    assert!(
+        events[0].message.contains("hv1.test") && events[0].message.contains("TLS"),
+        "{}",
+        events[0].message
+    );
+    assert!(!events[0].message.contains("://"), "{}", events[0].message);
+    drop(main);
+    app.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hypervisor_that_requires_tls_gets_it_or_a_clear_refusal() -> Result<()> {
+    require_all(&["qemu"])?;
+    let dir = tempfile::tempdir()?;
+    let hv_pki = TestPki::new(dir.path())?;
+    // Both ports, but every channel must use TLS: a plain link gets NEED_SECURED.
+    let server = SpiceServer::builder()
+        .password(Some("secured"))
+        .tls(Some(&hv_pki))
+        .spice_option("tls-channel=default")
+        .start()
+        .await?;
+    let console = TestConsole::for_server(&server);
+    assert!(console.port.is_some() && console.tls_port.is_some());
+
+    // With the CA known, kerbside goes straight to the TLS port.
+    let app = TestApp::builder()
+        .console(console.clone())
+        .source_ca(hv_pki.ca_pem())
+        .start()
+        .await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let mut main = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token)
+        .await?
+        .map_err(|e| anyhow::anyhow!("a TLS-only hypervisor with a known CA: {e}"))?;
+    let (msg_type, _) = spice_client::read_message(&mut main.stream).await?;
+    assert_eq!(msg_type, 103);
+    drop(main);
+    app.stop().await;
+
+    // Without a CA, TLS is impossible: the plain link's NEED_SECURED becomes a refusal that
+    // says what is missing.
+    let app = TestApp::for_console(&console).await?;
+    let token = app.mint_token(&console.uuid, TTL).await?;
+    let refused = spice_client::link(&app.client(), ChannelType::Main, 0, 0, &token).await?;
+    assert_eq!(refused.err(), Some(LinkError::Error));
+    let failed = eventually(Duration::from_secs(5), || async {
+        Ok(!app.audit_events("hypervisor.failed").await?.is_empty())
+    })
+    .await?;
+    assert!(failed, "no hypervisor.failed audit event");
+    let events = app.audit_events("hypervisor.failed").await?;
+    assert!(
+        events[0].message.contains("requires TLS") && events[0].message.contains("no CA"),
+        "{}",
+        events[0].message
+    );
+    app.stop().await;
+    Ok(())
+}
+
+/// `kerbside-bench static-screen`: a scripted hypervisor whose screen never changes.
+struct StaticScreenHypervisor {
+    addr: std::net::SocketAddr,
+    _process: tokio::process::Child,
+}
+
+impl StaticScreenHypervisor {
+    async fn start(ticket: &str) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut process = tokio::process::Command::new(program("kerbside-bench")?)
+            .args(["static-screen", "--ticket", ticket])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdout = process.stdout.take().context("stdout")?;
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .context("kerbside-bench static-screen did not start")??;
+        let reported: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("kerbside-bench static-screen printed {line:?}"))?;
+        let addr = reported["addr"].as_str().context("no addr")?.parse()?;
+        Ok(StaticScreenHypervisor {
+            addr,
+            _process: process,
+        })
+    }
+}
+
+#[tokio::test]
+async fn spice_gtk_gets_the_first_frame_of_a_static_screen_in_every_session() -> Result<()> {
+    require_all(&["spice-probe"])?;
+    let hv = StaticScreenHypervisor::start("static").await?;
+    let console = TestConsole::at(hv.addr, "static");
+    let app = TestApp::for_console(&console).await?;
+    let channels = "main,display,inputs,cursor";
+
+    // The scripted screen is one spice-gtk can draw: straight to the hypervisor, a frame.
+    let direct = spice_probe(&kerbside_tests::clients::ProbeArgs {
+        host: hv.addr.ip().to_string(),
+        port: Some(hv.addr.port()),
+        password: Some("static".to_owned()),
+        channels: channels.to_owned(),
+        ppm: Some(app.dir().join("static-direct.ppm")),
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await?;
+    assert_eq!(
+        direct.exit_code,
+        Some(probe_exit::OK),
+        "direct: {}",
+        direct.describe()
+    );
+
+    // Through kerbside, every session gets its first frame, though nothing more ever comes.
+    for session in 0..10 {
+        let token = app.mint_token(&console.uuid, TTL).await?;
+        let mut args = app.probe_args(&token, channels);
+        args.ppm = Some(app.dir().join(format!("static-{session}.ppm")));
+        args.timeout = Duration::from_secs(30);
+        let probe = spice_probe(&args).await?;
+        assert_eq!(
+            probe.exit_code,
+            Some(probe_exit::OK),
+            "session {session}: {}",
+            probe.describe()
+        );
+        let frames = probe
+            .json
+            .as_ref()
+            .and_then(|j| j.get("frames"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        assert!(frames > 0, "session {session}: {}", probe.describe());
+    }
     app.stop().await;
     Ok(())
 }

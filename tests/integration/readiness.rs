@@ -24,12 +24,9 @@ const READY_WITHIN: Duration = Duration::from_secs(2);
 #[tokio::test]
 async fn fifty_sessions_get_all_four_channels_ready_within_two_seconds() -> Result<()> {
     require_all(&["qemu", "spice-probe"])?;
-    let server = SpiceServer::builder()
-        .password(Some("readiness"))
-        .start()
-        .await?;
+    let server = SpiceServer::with_password("readiness").await?;
     let console = TestConsole::for_server(&server);
-    let app = TestApp::builder().console(console.clone()).start().await?;
+    let app = TestApp::for_console(&console).await?;
     let mut failures = Vec::new();
     for n in 0..SESSIONS {
         let token = app

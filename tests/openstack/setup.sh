@@ -27,7 +27,7 @@ log_file = $base/logs/keystone.log
 debug = false
 
 [database]
-connection = sqlite:///$base/keystone.db
+connection = sqlite:///$base/keystone.db?timeout=60
 
 [token]
 provider = fernet
@@ -56,10 +56,10 @@ transport_url = fake://
 auth_strategy = keystone
 
 [api_database]
-connection = sqlite:///$base/nova_api.db
+connection = sqlite:///$base/nova_api.db?timeout=60
 
 [database]
-connection = sqlite:///$base/nova.db
+connection = sqlite:///$base/nova.db?timeout=60
 
 [keystone_authtoken]
 www_authenticate_uri = http://127.0.0.1:${keystone_port}/
@@ -116,8 +116,8 @@ setup_keystone() {
 }
 setup_nova() {
   "${nm[@]}" api_db sync
-  "${nm[@]}" cell_v2 map_cell0 --database_connection "sqlite:///$base/nova_cell0.db"
-  "${nm[@]}" cell_v2 create_cell --name cell1 --database_connection "sqlite:///$base/nova.db" \
+  "${nm[@]}" cell_v2 map_cell0 --database_connection "sqlite:///$base/nova_cell0.db?timeout=60"
+  "${nm[@]}" cell_v2 create_cell --name cell1 --database_connection "sqlite:///$base/nova.db?timeout=60" \
     --transport-url fake://
   "${nm[@]}" db sync
 }

@@ -9,10 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kerbside::cli::Component;
 use kerbside::config::{Config, ConfigSources};
 use kerbside::db::Db;
 use kerbside::db::models;
+use kerbside::service::Component;
+
+/// Environment variable that sets `[proxy] ticket_key_uses` for every proxy a test starts
+/// (unset: the default), so the same tests run with one key per link and with reused keys.
+pub const TICKET_KEY_USES_ENV: &str = "KERBSIDE_TEST_TICKET_KEY_USES";
 use kerbside::service::Running;
 use secrecy::ExposeSecret;
 
@@ -27,8 +31,11 @@ pub const SOURCE: &str = "test";
 pub struct TestConsole {
     /// Instance uuid.
     pub uuid: String,
-    /// Address to connect to.
+    /// Address to connect to (`hypervisor_ip`).
     pub host: String,
+    /// The hypervisor's name (`hypervisor`): what its TLS certificate must name when there is
+    /// no host subject. `localhost` unless a test says otherwise.
+    pub hypervisor: String,
     /// Plain port.
     pub port: Option<u16>,
     /// TLS port.
@@ -45,6 +52,7 @@ impl TestConsole {
         TestConsole {
             uuid: uuid::Uuid::new_v4().to_string(),
             host: server.host().to_owned(),
+            hypervisor: "localhost".to_owned(),
             port: server.port(),
             tls_port: server.tls_port(),
             ticket: server.password().map(str::to_owned),
@@ -57,6 +65,7 @@ impl TestConsole {
         TestConsole {
             uuid: uuid::Uuid::new_v4().to_string(),
             host: addr.ip().to_string(),
+            hypervisor: "localhost".to_owned(),
             port: Some(addr.port()),
             tls_port: None,
             ticket: Some(ticket.to_owned()),
@@ -140,6 +149,10 @@ impl TestAppBuilder {
             .node
             .clone()
             .unwrap_or_else(|| format!("test-{}", &uuid::Uuid::new_v4().to_string()[..8]));
+        // tools/test.sh runs the proxy tests a second time with one key per link.
+        let key_uses = std::env::var(TICKET_KEY_USES_ENV)
+            .map(|uses| format!("ticket_key_uses = {uses}\n"))
+            .unwrap_or_default();
         let mut ini = String::new();
         let _ = write!(
             ini,
@@ -147,7 +160,7 @@ impl TestAppBuilder {
              [database]\nconnection = {database}\n\n\
              [proxy]\nbind_host = 127.0.0.1\ntls_port = 0\ninsecure_port = 0\npublic_host = 127.0.0.1\n\
              cert_file = {cert}\nkey_file = {key}\nca_file = {ca}\nhandshake_timeout = 5\n\
-             termination_poll_interval = 1\nkey_pool_size = 8\nshutdown_timeout = 2\n\n\
+             termination_poll_interval = 1\nkey_pool_size = 8\nshutdown_timeout = 2\n{key_uses}\n\
              [console]\nsources_file = {sources}\n\n\
              [metrics]\nbind_port = 0\n",
             state = dir.path().display(),
@@ -186,10 +199,16 @@ impl TestAppBuilder {
             .as_ref()
             .and_then(|p| p.insecure_addrs.first().copied())
             .unwrap_or(unbound);
-        // Other programs (kerbside-manage) must write the ports the proxy really bound.
+        // Other programs (kerbside-manage) must write the ports the proxy really bound, and
+        // link to the API where it really listens.
+        let api = running
+            .api_addrs
+            .first()
+            .map(|a| format!("[api]\npublic_url = http://{a}\n"))
+            .unwrap_or_default();
         if let Some(proxy) = &running.proxy {
             let ports = format!(
-                "[proxy]\npublic_tls_port = {}\npublic_insecure_port = {}\n",
+                "{api}[proxy]\npublic_tls_port = {}\npublic_insecure_port = {}\n",
                 proxy.tls_addrs.first().context("no TLS listener")?.port(),
                 proxy
                     .insecure_addrs
@@ -199,7 +218,7 @@ impl TestAppBuilder {
             );
             std::fs::write(dir.path().join("ports.conf"), ports)?;
         } else {
-            std::fs::write(dir.path().join("ports.conf"), "")?;
+            std::fs::write(dir.path().join("ports.conf"), api)?;
         }
         Ok(TestApp {
             tls_addr,
@@ -230,9 +249,10 @@ fn sources_yaml(consoles: &[TestConsole], ca: Option<&str>) -> String {
     for c in consoles {
         let _ = writeln!(
             y,
-            "    - uuid: {}\n      name: vm {}\n      hypervisor: localhost\n      hypervisor_ip: {}",
+            "    - uuid: {}\n      name: vm {}\n      hypervisor: {}\n      hypervisor_ip: {}",
             c.uuid,
             &c.uuid[..8],
+            c.hypervisor,
             c.host
         );
         if let Some(p) = c.port {
@@ -276,6 +296,14 @@ impl TestApp {
         TestAppBuilder::default()
     }
 
+    /// Starts kerbside with its defaults and `console` as the test source's only console.
+    ///
+    /// # Errors
+    /// As [`TestAppBuilder::start`].
+    pub async fn for_console(console: &TestConsole) -> Result<Self> {
+        Self::builder().console(console.clone()).start().await
+    }
+
     /// The proxy's TLS address (the first listener).
     pub fn tls_addr(&self) -> SocketAddr {
         self.tls_addr
@@ -284,6 +312,14 @@ impl TestApp {
     /// The proxy's plain (NEED_SECURED) address (the first listener).
     pub fn insecure_addr(&self) -> SocketAddr {
         self.insecure_addr
+    }
+
+    /// The proxy's WebSocket (browser console) address, when `[html5] enabled`.
+    pub fn websocket_addr(&self) -> Option<SocketAddr> {
+        self.running
+            .proxy
+            .as_ref()
+            .and_then(|p| p.websocket_addrs.first().copied())
     }
 
     /// The API's base URL (`http://127.0.0.1:PORT`), when the API runs.
@@ -346,6 +382,44 @@ impl TestApp {
         }
     }
 
+    /// Links a main channel (channel id 0, no connection id yet) through the proxy over TLS
+    /// with `token`.
+    ///
+    /// # Errors
+    /// I/O failures, or the proxy refusing the link (with the link error).
+    pub async fn link_main(&self, token: &str) -> Result<crate::spice_client::ClientChannel> {
+        crate::spice_client::link(
+            &self.client(),
+            kerbside::spice::ChannelType::Main,
+            0,
+            0,
+            token,
+        )
+        .await?
+        .map_err(|e| anyhow::anyhow!("main link: {e}"))
+    }
+
+    /// Takes a screenshot with spicy-screenshot straight to the proxy's TLS port with
+    /// `token`, trusting the proxy's CA, into `file` in the state directory.
+    ///
+    /// # Errors
+    /// As [`crate::clients::spicy_screenshot`]: only when it could not be run.
+    pub async fn screenshot_tls(
+        &self,
+        token: &str,
+        file: &str,
+    ) -> Result<crate::clients::ScreenshotResult> {
+        crate::clients::spicy_screenshot(
+            "127.0.0.1",
+            None,
+            Some(self.tls_addr().port()),
+            Some(token),
+            Some(&self.pki.ca_cert_path()),
+            &self.dir().join(file),
+        )
+        .await
+    }
+
     /// Audit events of a type.
     ///
     /// # Errors
@@ -372,6 +446,30 @@ impl TestApp {
             .await?)
     }
 
+    /// The newest live session.
+    ///
+    /// # Errors
+    /// Database failures, or no live session.
+    pub async fn live_session(&self) -> Result<models::Session> {
+        self.sessions(true)
+            .await?
+            .into_iter()
+            .next()
+            .context("no live session")
+    }
+
+    /// The newest session, live or ended.
+    ///
+    /// # Errors
+    /// Database failures, or no session.
+    pub async fn newest_session(&self) -> Result<models::Session> {
+        self.sessions(false)
+            .await?
+            .into_iter()
+            .next()
+            .context("no session")
+    }
+
     /// `--config-file` arguments reaching the same state as this app.
     pub fn config_args(&self) -> Vec<String> {
         vec![
@@ -390,9 +488,59 @@ impl TestApp {
         ]
     }
 
-    /// Stops kerbside.
+    /// Stops kerbside (a drain of up to 2 s); dropping the app afterwards checks that
+    /// nothing was left behind.
     pub async fn stop(&self) {
         self.running.stop(Duration::from_secs(2)).await;
+        // Tasks and servers finish closing in their own time on a busy machine: wait for
+        // them (generously); only what is still there then counts as leaked at drop.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !self.leftovers().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What is still running: tasks and servers on the shutdown's trackers, and sessions in
+    /// the proxy's registry. Empty once a stop has finished cleanly.
+    pub fn leftovers(&self) -> Vec<String> {
+        let shutdown = &self.running.shutdown;
+        let mut left = Vec::new();
+        if !shutdown.tracker().is_empty() {
+            left.push(format!("{} task(s)", shutdown.tracker().len()));
+        }
+        if !shutdown.servers().is_empty() {
+            left.push(format!("{} server task(s)", shutdown.servers().len()));
+        }
+        if let Some(proxy) = &self.running.proxy {
+            let sessions = proxy.context.registry.len();
+            if sessions > 0 {
+                left.push(format!("{sessions} session(s) in the registry"));
+            }
+        }
+        left
+    }
+}
+
+/// A test that stopped its app fails when the stop left tasks, servers or sessions behind
+/// (a leak that would otherwise outlive the test). An app dropped without a stop is told
+/// to stop now, so nothing of it keeps running into the next test.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let shutdown = &self.running.shutdown;
+        if *shutdown.phase().borrow() != kerbside::shutdown::Phase::Stopped {
+            shutdown.token().cancel();
+            shutdown.stop_token().cancel();
+            return;
+        }
+        let left = self.leftovers();
+        if !left.is_empty() && !std::thread::panicking() {
+            // A test that stopped its app expects nothing to be left.
+            assert!(
+                left.is_empty(),
+                "the app leaked after its stop: {}",
+                left.join(", ")
+            );
+        }
     }
 }
 

@@ -310,6 +310,11 @@ pub async fn spice_probe(args: &ProbeArgs) -> Result<ProbeResult> {
     })
 }
 
+/// How long a test lets remote-viewer reach a verdict (opened, refused, failed). Verdicts end
+/// the wait at once, so this only bounds a viewer that shows nothing: generous, because a
+/// GTK client starting next to QEMU and 50 other sessions on two cores can take a while.
+pub const RV_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What remote-viewer showed in its `--debug` log.
 #[derive(Debug, Clone, Default)]
 pub struct RemoteViewerResult {
@@ -364,8 +369,10 @@ pub async fn remote_viewer(vv_path: &Path, run_timeout: Duration) -> Result<Remo
         .spawn()
         .context("spawning remote-viewer (install it with tools/install-test-deps.sh)")?;
 
-    let deadline = Instant::now() + run_timeout;
+    let started = Instant::now();
+    let deadline = started + run_timeout;
     let mut exited_early = false;
+    let mut exit_status = None;
     loop {
         let text = read_log(&log_path);
         if text.contains(RV_AUTH_FAILURE)
@@ -375,12 +382,9 @@ pub async fn remote_viewer(vv_path: &Path, run_timeout: Duration) -> Result<Remo
         {
             break;
         }
-        if viewer
-            .try_wait()
-            .context("polling remote-viewer")?
-            .is_some()
-        {
+        if let Some(status) = viewer.try_wait().context("polling remote-viewer")? {
             exited_early = true;
+            exit_status = Some(status);
             break;
         }
         if Instant::now() >= deadline {
@@ -391,9 +395,24 @@ pub async fn remote_viewer(vv_path: &Path, run_timeout: Duration) -> Result<Remo
     if !exited_early {
         viewer.kill().await.context("killing remote-viewer")?;
     }
+    let xvfb_log = read_log(&work.path().join("xvfb.log"));
     xvfb.stop().await?;
 
-    let log = read_log(&log_path);
+    let mut log = read_log(&log_path);
+    // What the harness saw, for assertion messages: an empty log alone says nothing.
+    let elapsed = started.elapsed().as_secs_f32();
+    match exit_status {
+        Some(status) => log.push_str(&format!(
+            "\n[harness: remote-viewer exited by itself after {elapsed:.1} s: {status}]\n"
+        )),
+        None if Instant::now() >= deadline => log.push_str(&format!(
+            "\n[harness: no verdict within {elapsed:.1} s; remote-viewer killed]\n"
+        )),
+        None => {}
+    }
+    if log.trim_start().starts_with("[harness") {
+        log.push_str(&format!("[harness: Xvfb log]\n{}\n", tail(&xvfb_log, 2000)));
+    }
     let main_channel_events = log
         .lines()
         .filter_map(|l| {

@@ -9,6 +9,10 @@
 //!
 //! MariaDB is required: if it cannot be reached the test fails with a message saying where
 //! it looked and why, never skips.
+//!
+//! It also holds the few model queries only tests need ([`insert_source`],
+//! [`live_sessions_on_node`], [`update_session_counters`], [`pending_terminations_for_node`]),
+//! built on the public model API.
 
 use std::path::PathBuf;
 use std::sync::Once;
@@ -17,6 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, anyhow, bail};
 use diesel::prelude::*;
 use diesel::sql_types::Text;
+use kerbside::db::models::{
+    NewSource, Session, SessionId, SessionTermination, Source, get_session, get_source_by_name,
+    list_sessions, pending_terminations, update_sessions_counters,
+};
 use kerbside::db::{Backend, Db, DbConnection, DbError, DbUrl, PoolOptions};
 use rand::Rng;
 use rand::distributions::Alphanumeric;
@@ -334,4 +342,80 @@ fn random_suffix() -> String {
         .map(|b| char::from(b).to_ascii_lowercase())
         .take(16)
         .collect()
+}
+
+// Queries only the tests need, written on the public model API (and, for a raw insert, the
+// public schema), so that `kerbside::db::models` holds only what the product runs.
+
+/// Inserts a source row as given, without `upsert_source`'s update-or-insert: a name that
+/// exists is [`DbError::Conflict`] (the unique index refused the row).
+///
+/// # Errors
+/// [`DbError::Conflict`] when the name is taken; [`DbError::Query`] otherwise.
+pub fn insert_source(conn: &mut DbConnection, new: &NewSource) -> Result<Source, DbError> {
+    use kerbside::db::schema::sources;
+    let at = kerbside::db::now();
+    let inserted = diesel::insert_into(sources::table)
+        .values((
+            new,
+            sources::errored.eq(false),
+            sources::created_at.eq(at),
+            sources::updated_at.eq(at),
+        ))
+        .execute(conn)
+        .map_err(DbError::from);
+    match inserted {
+        Ok(_) => get_source_by_name(conn, &new.name),
+        Err(e) if e.is_unique_violation() => Err(DbError::Conflict {
+            what: "source",
+            id: new.name.clone(),
+            reason: "a source with this name exists".to_owned(),
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Live sessions run by proxy node `node`, oldest first.
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn live_sessions_on_node(conn: &mut DbConnection, node: &str) -> Result<Vec<Session>, DbError> {
+    let mut live: Vec<Session> = list_sessions(conn, true)?
+        .into_iter()
+        .filter(|s| s.node == node)
+        .collect();
+    live.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    Ok(live)
+}
+
+/// Sets the running byte counts of one live session, through the proxy's batch write
+/// (`update_sessions_counters`); an ended session keeps its final counts.
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn update_session_counters(
+    conn: &mut DbConnection,
+    id: &SessionId,
+    bytes_to_client: u64,
+    bytes_to_server: u64,
+) -> Result<(), DbError> {
+    update_sessions_counters(conn, &[(id.clone(), bytes_to_client, bytes_to_server)])
+}
+
+/// Unhandled termination requests for live sessions run by `node`, oldest first: what the
+/// proxy reads ([`pending_terminations`], every node's) narrowed to one node.
+///
+/// # Errors
+/// [`DbError::Query`] on database failure.
+pub fn pending_terminations_for_node(
+    conn: &mut DbConnection,
+    node: &str,
+) -> Result<Vec<SessionTermination>, DbError> {
+    let mut mine = Vec::new();
+    for request in pending_terminations(conn)? {
+        if get_session(conn, &request.session_id)?.node == node {
+            mine.push(request);
+        }
+    }
+    Ok(mine)
 }

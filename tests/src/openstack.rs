@@ -48,6 +48,21 @@ impl Gunicorn {
     /// # Errors
     /// It cannot be started or never answers.
     pub fn start(state: &Path, name: &str, module: &str, port: u16, path: &str) -> Result<Self> {
+        Self::start_within(state, name, module, port, path, Duration::from_secs(60))
+    }
+
+    /// As [`Gunicorn::start`], waiting up to `limit` for the answer.
+    ///
+    /// # Errors
+    /// It cannot be started or never answers.
+    pub fn start_within(
+        state: &Path,
+        name: &str,
+        module: &str,
+        port: u16,
+        path: &str,
+        limit: Duration,
+    ) -> Result<Self> {
         let log = state
             .join("logs")
             .join(format!("{name}-{port}-gunicorn.log"));
@@ -75,7 +90,7 @@ impl Gunicorn {
             name: name.to_owned(),
             log,
         };
-        server.wait_ready(path, Duration::from_secs(60))?;
+        server.wait_ready(path, limit)?;
         Ok(server)
     }
 
@@ -104,20 +119,7 @@ impl Gunicorn {
 
     /// Stops it (SIGINT to its process group, then SIGKILL) and waits for it.
     pub fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-INT", "--", &group]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.wait();
+        crate::proc_util::stop_group(&mut self.child);
     }
 }
 
@@ -456,11 +458,23 @@ pub async fn token_at(v3: &str, user: &str, password: &str, project: &str) -> Re
         "identity": {"methods": ["password"], "password": {"user": {
             "name": user, "domain": {"id": "default"}, "password": password}}},
         "scope": {"project": {"name": project, "domain": {"id": "default"}}}}});
-    let resp = reqwest::Client::new()
-        .post(format!("{v3}/auth/tokens"))
-        .json(&body)
-        .send()
-        .await?;
+    // Keystone on SQLite may answer 500 ("database is locked") while another test writes to
+    // it on a busy machine: try again a few times, as a real client would.
+    let client = reqwest::Client::new();
+    let mut attempt = 0;
+    let resp = loop {
+        let resp = client
+            .post(format!("{v3}/auth/tokens"))
+            .json(&body)
+            .send()
+            .await?;
+        attempt += 1;
+        if resp.status().is_server_error() && attempt < 5 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        }
+        break resp;
+    };
     anyhow::ensure!(
         resp.status().as_u16() == 201,
         "token for {user}: {}",

@@ -173,6 +173,19 @@ impl TestPki {
         Ok(issued)
     }
 
+    /// A QEMU `x509-dir` in `dir` (created if needed) holding this CA and `leaf` as the server
+    /// certificate, so a test server can present a leaf other than the default one.
+    ///
+    /// # Errors
+    /// Writing a file failed.
+    pub fn x509_dir_for(&self, leaf: &IssuedCert, dir: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        write_file(&dir.join("ca-cert.pem"), &self.ca_pem, 0o644)?;
+        write_file(&dir.join("server-cert.pem"), &leaf.cert_pem, 0o644)?;
+        write_file(&dir.join("server-key.pem"), &leaf.key_pem, 0o600)?;
+        Ok(dir.to_path_buf())
+    }
+
     /// The directory (QEMU `x509-dir`).
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -4,6 +4,9 @@
 //! "No bootable device" on a 720x400 text screen), SPICE on 127.0.0.1 and free ports,
 //! the ticket passed through a 0600 `-object secret` file, and a QMP unix socket.
 //! The process is killed when the [`SpiceServer`] is dropped (`kill_on_drop`).
+//! [`SpiceServerBuilder::key_echo_guest`] boots the key-echo guest instead (see
+//! [`crate::guests`]): it types back what a client sends, and [`SpiceServer::screen_text`]
+//! reads its text screen.
 //! QEMU's stdout and stderr go to a log file that every error quotes.
 //!
 //! This module does not speak SPICE itself; clients live in [`crate::clients`].
@@ -23,7 +26,7 @@ use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
 
 use crate::clients::ppm_pixels;
-use crate::pki::TestPki;
+use crate::pki::{IssuedCert, TestPki};
 use crate::ports::free_port;
 use crate::proc_util::{read_log, tail};
 
@@ -39,6 +42,13 @@ const LOG_TAIL: usize = 3000;
 /// The guest's screen once SeaBIOS runs: VGA text mode as QXL presents it.
 pub const BOOT_SCREEN: (u32, u32) = (720, 400);
 
+/// The key-echo guest's disk image, in the server's temp dir.
+const KEY_ECHO_IMAGE: &str = "keyecho.img";
+/// VGA text memory (80x25 cells of character + attribute bytes) in guest physical memory.
+const TEXT_MEMORY: u64 = 0xb8000;
+const TEXT_COLUMNS: usize = 80;
+const TEXT_ROWS: usize = 25;
+
 /// The SPICE address every test server listens on.
 pub const SPICE_HOST: &str = "127.0.0.1";
 
@@ -53,9 +63,12 @@ pub struct SpiceServerBuilder {
     usbredir: u8,
     agent: bool,
     webdav: bool,
+    extra_args: Vec<String>,
     spice_options: Vec<String>,
     ready_timeout: Duration,
     wait_for_boot_screen: bool,
+    fixed_ports: Option<(u16, u16)>,
+    key_echo: bool,
 }
 
 /// What QEMU and clients need from a [`TestPki`].
@@ -77,14 +90,23 @@ impl Default for SpiceServerBuilder {
             usbredir: 0,
             agent: false,
             webdav: false,
+            extra_args: Vec::new(),
             spice_options: Vec::new(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             wait_for_boot_screen: true,
+            fixed_ports: None,
+            key_echo: false,
         }
     }
 }
 
 impl SpiceServerBuilder {
+    /// Every kind of channel a rich console has: two monitors, audio playback and record,
+    /// two USB redirection channels and WebDAV folder sharing.
+    pub fn rich(self) -> Self {
+        self.monitors(2).audio(true).usbredir(2).webdav(true)
+    }
+
     /// The SPICE ticket; `None` disables ticketing. Defaults to a random 16-character
     /// password. SPICE tickets are at most 60 bytes.
     pub fn password(mut self, password: Option<&str>) -> Self {
@@ -99,6 +121,28 @@ impl SpiceServerBuilder {
             ca_file: p.ca_cert_path(),
             host_subject: p.host_subject(),
         });
+        self
+    }
+
+    /// Also listen with TLS, presenting `leaf` (signed by `pki`'s CA) instead of the default
+    /// server certificate; the `x509-dir` is written under `dir`.
+    ///
+    /// # Errors
+    /// Writing the directory failed.
+    pub fn tls_leaf(mut self, pki: &TestPki, leaf: &IssuedCert, dir: &Path) -> Result<Self> {
+        self.tls = Some(TlsFiles {
+            x509_dir: pki.x509_dir_for(leaf, dir)?,
+            ca_file: pki.ca_cert_path(),
+            host_subject: leaf.host_subject(),
+        });
+        Ok(self)
+    }
+
+    /// Listen on these plain and TLS ports instead of free ones (the TLS one only with
+    /// [`Self::tls`]). The caller makes sure nothing else uses them (see
+    /// `openstack_full::ConsolePorts`).
+    pub fn fixed_ports(mut self, plain: u16, tls: u16) -> Self {
+        self.fixed_ports = Some((plain, tls));
         self
     }
 
@@ -132,6 +176,12 @@ impl SpiceServerBuilder {
         self
     }
 
+    /// Append raw QEMU arguments (e.g. a `-chardev spiceport` with a `-mon`).
+    pub fn extra_args(mut self, args: &[&str]) -> Self {
+        self.extra_args.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
     /// Add the `org.spice-space.webdav.0` spiceport (a "port" channel in the client).
     pub fn webdav(mut self, webdav: bool) -> Self {
         self.webdav = webdav;
@@ -156,6 +206,15 @@ impl SpiceServerBuilder {
     /// connects then gets that first mode, so screenshots would depend on timing.
     pub fn wait_for_boot_screen(mut self, wait: bool) -> Self {
         self.wait_for_boot_screen = wait;
+        self
+    }
+
+    /// Boot the key-echo guest (assembled from `tests/guests/keyecho.asm` with `nasm`, booted
+    /// from a floppy) instead of an empty machine. Readiness then also waits until its text
+    /// screen shows [`crate::guests::KEY_ECHO_BANNER`]; from then on every key typed into the
+    /// guest appears on that screen (see [`SpiceServer::screen_text`]).
+    pub fn key_echo_guest(mut self, key_echo: bool) -> Self {
+        self.key_echo = key_echo;
         self
     }
 
@@ -194,17 +253,21 @@ impl SpiceServerBuilder {
             .prefix("kerbside-qemu-")
             .tempdir()
             .context("creating the QEMU temp dir")?;
-        let port = if self.tls_only {
-            None
-        } else {
-            Some(free_port()?)
+        let port = match (self.tls_only, self.fixed_ports) {
+            (true, _) => None,
+            (false, Some((plain, _))) => Some(plain),
+            (false, None) => Some(free_port()?),
         };
-        let tls_port = match self.tls {
-            Some(_) => Some(free_port()?),
-            None => None,
+        let tls_port = match (&self.tls, self.fixed_ports) {
+            (Some(_), Some((_, tls))) => Some(tls),
+            (Some(_), None) => Some(free_port()?),
+            (None, _) => None,
         };
         let qmp_path = dir.path().join("qmp.sock");
         let log_path = dir.path().join("qemu.log");
+        if self.key_echo {
+            crate::guests::assemble_key_echo(&dir.path().join(KEY_ECHO_IMAGE))?;
+        }
         let args = self.qemu_args(dir.path(), port, tls_port, &qmp_path)?;
 
         let log = std::fs::File::create(&log_path)
@@ -350,6 +413,14 @@ impl SpiceServerBuilder {
                 .map(|s| (*s).to_owned()),
             );
         }
+        if self.key_echo {
+            args.push("-drive".into());
+            args.push(format!(
+                "file={},format=raw,if=floppy",
+                dir.join(KEY_ECHO_IMAGE).display()
+            ));
+        }
+        args.extend(self.extra_args.iter().cloned());
         args.push("-qmp".into());
         args.push(format!("unix:{},server=on,wait=off", qmp_path.display()));
         Ok(args)
@@ -415,6 +486,14 @@ impl SpiceServer {
     /// Options for a new server: one QXL monitor, a random password, no TLS.
     pub fn builder() -> SpiceServerBuilder {
         SpiceServerBuilder::default()
+    }
+
+    /// Starts a server with the default options and `password` as its SPICE ticket.
+    ///
+    /// # Errors
+    /// As [`SpiceServerBuilder::start`].
+    pub async fn with_password(password: &str) -> Result<Self> {
+        Self::builder().password(Some(password)).start().await
     }
 
     /// The SPICE listen address (`127.0.0.1`).
@@ -559,6 +638,40 @@ impl SpiceServer {
                 bail!("guest screen is still {w}x{h}, waiting for the BIOS text mode");
             }
         }
+        if self.options.key_echo {
+            let text = qmp_screen_text(&mut qmp, &self.dir.path().join("ready-text.bin")).await?;
+            if !text.contains(crate::guests::KEY_ECHO_BANNER) {
+                bail!("the key-echo guest has not printed its banner yet; screen:\n{text}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The guest's VGA text screen (80x25, read from guest memory with QMP `pmemsave`): one
+    /// line per row, trailing blanks removed. Meaningful while the guest is in text mode,
+    /// e.g. the key-echo guest ([`SpiceServerBuilder::key_echo_guest`]).
+    ///
+    /// # Errors
+    /// QMP failed or the dump could not be read.
+    pub async fn screen_text(&self) -> Result<String> {
+        qmp_screen_text(&mut self.qmp().await?, &self.dir.path().join("text.bin")).await
+    }
+
+    /// Type keys into the guest through QMP `send-key`, one key at a time; `qcodes` are
+    /// QEMU key names such as `a`, `1`, `spc`, `ret`.
+    ///
+    /// # Errors
+    /// QMP failed (e.g. an unknown key name).
+    pub async fn send_keys(&self, qcodes: &[&str]) -> Result<()> {
+        let mut qmp = self.qmp().await?;
+        for qcode in qcodes {
+            qmp.execute(
+                "send-key",
+                Some(json!({ "keys": [{ "type": "qcode", "data": qcode }] })),
+            )
+            .await
+            .with_context(|| format!("QMP send-key {qcode}"))?;
+        }
         Ok(())
     }
 
@@ -639,6 +752,39 @@ async fn qmp_screendump(qmp: &mut Qmp, path: &Path) -> Result<Vec<u8>> {
     tokio::fs::read(path)
         .await
         .with_context(|| format!("reading {}", path.display()))
+}
+
+/// The 80x25 VGA text screen via QMP `pmemsave` to `path`: rows joined by newlines, each
+/// without trailing blanks; bytes that are not printable ASCII become `.`.
+async fn qmp_screen_text(qmp: &mut Qmp, path: &Path) -> Result<String> {
+    let filename = path.to_str().context("pmemsave path is not UTF-8")?;
+    let size = TEXT_COLUMNS * TEXT_ROWS * 2;
+    qmp.execute(
+        "pmemsave",
+        Some(json!({ "val": TEXT_MEMORY, "size": size, "filename": filename })),
+    )
+    .await?;
+    let cells = tokio::fs::read(path)
+        .await
+        .with_context(|| format!("reading {}", path.display()))?;
+    if cells.len() != size {
+        bail!("pmemsave wrote {} bytes, not {size}", cells.len());
+    }
+    let rows: Vec<String> = cells
+        .chunks(TEXT_COLUMNS * 2)
+        .map(|row| {
+            let line: String = row
+                .chunks(2)
+                .map(|cell| match cell.first() {
+                    Some(&c) if c == b' ' || c.is_ascii_graphic() => char::from(c),
+                    Some(0) => ' ',
+                    _ => '.',
+                })
+                .collect();
+            line.trim_end().to_owned()
+        })
+        .collect();
+    Ok(rows.join("\n"))
 }
 
 /// A minimal QMP client over QEMU's unix socket: greeting, `qmp_capabilities`, then

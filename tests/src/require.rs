@@ -26,12 +26,19 @@ pub const KNOWN: &[&str] = &[
     "xwd",
     "mariadb",
     "rabbitmq",
+    "nasm",
+    "ryll",
+    "chromium",
 ];
 
 /// Fail unless `what` is usable. `what` is one of [`KNOWN`]:
 /// - `qemu`: `qemu-system-x86_64` with SPICE (`password-secret=`) and QXL;
 /// - `spicy-screenshot`, `remote-viewer`, `xvfb` (`Xvfb`), `xwd`: the program is on PATH;
 /// - `spice-probe`: `/usr/bin/python3` can load SpiceClientGLib 2.0;
+/// - `nasm`: on PATH (assembles the test guests, see [`crate::guests`]);
+/// - `ryll`: the pinned ryll runs from its venv (see [`crate::ryll`]);
+/// - `chromium`: Debian's `chromium` and `chromium-driver` of the same version, for
+///   [`crate::browser`];
 /// - `mariadb` (127.0.0.1:3306, or `KERBSIDE_TEST_MARIADB_ADDR`) and `rabbitmq`
 ///   (127.0.0.1:5672, or `KERBSIDE_TEST_AMQP_ADDR`): the TCP port accepts.
 ///
@@ -71,6 +78,9 @@ fn check(what: &str) -> Result<()> {
         "xvfb" => on_path("Xvfb", "xvfb"),
         "xwd" => on_path("xwd", "x11-apps"),
         "spice-probe" => check_python_spice(),
+        "nasm" => on_path("nasm", "nasm"),
+        "ryll" => crate::ryll::check_installed(),
+        "chromium" => check_chromium(),
         "mariadb" => check_tcp("MariaDB", "KERBSIDE_TEST_MARIADB_ADDR", "127.0.0.1:3306"),
         "rabbitmq" => check_tcp("RabbitMQ", "KERBSIDE_TEST_AMQP_ADDR", "127.0.0.1:5672"),
         other => bail!(
@@ -123,6 +133,31 @@ fn check_qemu() -> Result<()> {
         bail!(
             "qemu-system-x86_64 has no qxl device (Debian package qemu-system-modules-spice); \
              {INSTALL_HINT}"
+        );
+    }
+    Ok(())
+}
+
+fn check_chromium() -> Result<()> {
+    on_path("chromium", "chromium")?;
+    on_path("chromedriver", "chromium-driver")?;
+    let version = |program: &str| -> Result<String> {
+        let out = Command::new(program)
+            .arg("--version")
+            .output()
+            .with_context(|| format!("running {program} --version"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "Chromium 140.0.7339.185 built on Debian ..." / "ChromeDriver 140.0.7339.185 (...)"
+        text.split_whitespace()
+            .nth(1)
+            .map(str::to_owned)
+            .with_context(|| format!("{program} --version printed {:?}", text.trim()))
+    };
+    let (browser, driver) = (version("chromium")?, version("chromedriver")?);
+    if browser != driver {
+        bail!(
+            "chromium {browser} and chromedriver {driver} differ (Debian packages chromium \
+             and chromium-driver must be upgraded together); {INSTALL_HINT}"
         );
     }
     Ok(())

@@ -99,6 +99,8 @@ pub fn gtk_caps(channel: ChannelType) -> Caps {
 /// I/O or an unparsable reply.
 pub async fn send_link(stream: &mut Box<dyn Stream>, message: &LinkMessage) -> Result<LinkReply> {
     stream.write_all(&message.encode()).await?;
+    // Buffered transports (a WebSocket sends a frame per flush) need the flush.
+    stream.flush().await?;
     read_reply(stream).await
 }
 
@@ -138,9 +140,10 @@ pub async fn send_ticket(
     if reply.caps.has_common(COMMON_CAP_AUTH_SELECTION) {
         out.extend_from_slice(&AUTH_SPICE.to_le_bytes());
     }
-    let ticket = encrypt_ticket(&mut rand::rngs::OsRng, &reply.pub_key, password.as_bytes())?;
+    let ticket = encrypt_ticket(&reply.pub_key, password.as_bytes())?;
     out.extend_from_slice(&ticket);
     stream.write_all(&out).await?;
+    stream.flush().await?;
     let mut result = [0u8; 4];
     stream
         .read_exact(&mut result)
@@ -170,6 +173,22 @@ pub async fn link(
         LinkError::Ok => Ok(Ok(ClientChannel { stream, reply })),
         code => Ok(Err(code)),
     }
+}
+
+/// Whether the peer closes `stream` (end of stream or an error) within `limit`, reading and
+/// dropping whatever arrives meanwhile.
+pub async fn closed_within<S: AsyncRead + Unpin + ?Sized>(stream: &mut S, limit: Duration) -> bool {
+    let mut buf = vec![0u8; 65536];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
 }
 
 /// Reads one mini-header message: (type, body).
@@ -259,7 +278,7 @@ async fn serve_main(
         message.connection_id == 0,
         "main must link with connection id 0"
     );
-    let key = TicketKey::generate(&mut rand::rngs::OsRng)?;
+    let key = TicketKey::generate()?;
     let mut caps = Caps::default();
     caps.set_common(COMMON_CAP_AUTH_SELECTION);
     caps.set_common(COMMON_CAP_AUTH_SPICE);
