@@ -14,7 +14,14 @@ cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = --quick ] && quick=1
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step prints how long the previous one took, and the run ends with the total.
+started=$SECONDS
+last=
+step() {
+  [ -z "$last" ] || printf '   (%d s)\n' $((SECONDS - last))
+  last=$SECONDS
+  printf '\n== %s\n' "$*"
+}
 
 step "installing test dependencies"
 tools/install-test-deps.sh
@@ -24,6 +31,21 @@ tools/check-services.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export KERBSIDE_TEST_REQUIRE="${KERBSIDE_TEST_REQUIRE:-mariadb,rabbitmq,qemu,spice-clients}"
 export RUST_BACKTRACE=1
+
+# The tests' output is long (each failing test prints its logs); when a test step fails, its
+# panic messages are printed again at the end, where a reader of the run's tail finds them.
+tests_log="$(mktemp -t kerbside-tests.XXXXXX)"
+trap 'rm -f "$tests_log"' EXIT
+tests() {
+  if "$@" 2>&1 | tee -a "$tests_log"; then
+    return 0
+  fi
+  printf '\n== why the tests failed (panic messages and errors, without log lines)\n'
+  grep -a -E -A8 "panicked at|^Error: " "$tests_log" \
+    | grep -a -v -E '^[0-9]{4}-[0-9]{2}-[0-9]{2}T|^ +[0-9]+: |^ +at |^stack backtrace:|^note: ' \
+    | tail -n 120
+  return 1
+}
 
 step "formatting"
 cargo fmt --all -- --check
@@ -42,7 +64,11 @@ step "build"
 cargo build --workspace --locked --bins
 
 step "tests"
-cargo test --workspace --locked --no-fail-fast -- --test-threads="${KERBSIDE_TEST_THREADS:-4}"
+tests cargo test --workspace --locked --no-fail-fast -- --test-threads="${KERBSIDE_TEST_THREADS:-4}"
+
+step "real-client proxy tests again with one RSA ticket key per link ([proxy] ticket_key_uses = 1)"
+KERBSIDE_TEST_TICKET_KEY_USES=1 tests cargo test -p kerbside-tests --test integration --locked -- \
+  --test-threads="${KERBSIDE_TEST_THREADS:-4}" proxy:: peers:: readiness::
 
 step "deployment tooling: DevStack plugin, Kolla images and kolla-ansible role"
 KERBSIDE_MANAGE="$CARGO_TARGET_DIR/debug/kerbside-manage" tools/test-deploy.sh
@@ -54,5 +80,6 @@ if [ "$quick" = 0 ]; then
   step "demo: the README run command, up and down"
   tools/run-demo.sh --check
 fi
+printf '   (%d s)\n' $((SECONDS - last))
 echo
-echo "all checks passed"
+echo "all checks passed in $(((SECONDS - started) / 60)) min $(((SECONDS - started) % 60)) s"
