@@ -30,7 +30,7 @@ elif [[ "$1" == "stack" && "${2:-}" == "post-config" ]]; then
         init_kerbside
     fi
     if [[ "$(trueorfalse True KERBSIDE_CONFIGURE_NOVA)" == "True" ]]; then
-        echo_summary "Configuring Nova for kerbside (spice-direct, versioned notifications)"
+        echo_summary "Configuring Nova for kerbside (spice-direct, spice-html5 with KERBSIDE_HTML5, versioned notifications)"
         configure_nova_for_kerbside
     fi
 

@@ -1,6 +1,8 @@
 #!/bin/bash
 # Regenerates docs/PERFORMANCE.md: installs HAProxy if missing, builds release binaries, runs
-# kerbside-bench (direct vs HAProxy vs kerbside, same run) and writes the report.
+# kerbside-bench (direct vs HAProxy vs kerbside with its SPICE firewall vs kerbside with
+# [firewall] mode = off, same run) and writes the report, with the firewall's cost (relay CPU
+# per GiB and link latency against mode off) among the targets.
 # Extra arguments go to kerbside-bench (see `kerbside-bench --help`), e.g. --sessions 250.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -26,4 +26,19 @@ reachable() {
 reachable MariaDB "${KERBSIDE_TEST_MARIADB_ADDR:-127.0.0.1:3306}"
 reachable RabbitMQ "${KERBSIDE_TEST_AMQP_ADDR:-127.0.0.1:5672}"
 
+# The Nova tests (tests/src/openstack_full.rs) give their OpenStack a RabbitMQ vhost of its
+# own (rabbitmqctl, as a user that may run it) and MariaDB schemas (the mysql client).
+if rabbitmqctl -q list_vhosts >/dev/null 2>&1; then
+  echo "check-services: rabbitmqctl can manage vhosts"
+else
+  echo "check-services: FAIL: rabbitmqctl cannot list vhosts (needed to create the test OpenStack's vhost; run as root or a user in the rabbitmq group)" >&2
+  failures=$((failures + 1))
+fi
+if mysql -h 127.0.0.1 -P 3306 -u root -e 'SELECT 1' >/dev/null 2>&1; then
+  echo "check-services: mysql client reaches MariaDB as root"
+else
+  echo "check-services: FAIL: 'mysql -h 127.0.0.1 -u root' failed (needed to create the test OpenStack's schemas)" >&2
+  failures=$((failures + 1))
+fi
+
 [ "$failures" -eq 0 ]

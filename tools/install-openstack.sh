@@ -1,9 +1,13 @@
 #!/bin/bash
-# install-openstack.sh: create the Python venv holding the REAL Keystone and Nova API (from
-# PyPI) that the API integration tests start on loopback (tests/src/openstack.rs).
+# install-openstack.sh: create the Python venv holding the REAL OpenStack services (from
+# PyPI) that the integration tests start on loopback: Keystone and the Nova API for the API
+# tests (tests/src/openstack.rs), and the whole of Nova with Placement, Glance and Neutron
+# for the Nova tests (tests/src/openstack_full.rs).
 #
 #   venv : ${KERBSIDE_OPENSTACK_VENV:-/var/tmp/kerbside-openstack-venv}
-#   pins : tests/openstack/constraints.txt (keystone 30.0.0, nova 34.0.0, gunicorn 27.0.1)
+#   pins : tests/openstack/constraints.txt (keystone 30.0.0, nova 34.0.0,
+#          openstack-placement 16.0.0, glance 33.0.0, neutron 29.0.0, gunicorn 27.0.1,
+#          PyMySQL 1.2.4, and every dependency)
 #
 # Idempotent: when the venv already holds the pinned versions it only verifies (well under
 # a second). Needs python >= 3.11 (set PYTHON= to choose one) and access to PyPI.
@@ -26,21 +30,26 @@ esac
 log() { printf '%s: %s\n' "$prog" "$*" >&2; }
 
 pin() { sed -n "s/^$1==//p" "$constraints"; }
-keystone_version="$(pin keystone)"
-nova_version="$(pin nova)"
-gunicorn_version="$(pin gunicorn)"
+# The distributions installed by name; their dependencies come from the constraints.
+packages=(keystone nova openstack-placement glance neutron gunicorn PyMySQL)
+wanted=()
+for p in "${packages[@]}"; do
+  v="$(pin "$p")"
+  [ -n "$v" ] || { log "$p is not pinned in $constraints"; exit 1; }
+  wanted+=("$p==$v")
+done
 
 installed() {
   [ -x "$venv/bin/python" ] || return 1
-  "$venv/bin/python" - "$keystone_version" "$nova_version" "$gunicorn_version" <<'EOF' 2>/dev/null
+  "$venv/bin/python" - "${wanted[@]}" <<'EOF' 2>/dev/null
 import sys, importlib.metadata as m
-want = dict(zip(('keystone', 'nova', 'gunicorn'), sys.argv[1:]))
+want = dict(arg.split('==', 1) for arg in sys.argv[1:])
 sys.exit(0 if all(m.version(k) == v for k, v in want.items()) else 1)
 EOF
 }
 
 if installed; then
-  log "keystone $keystone_version, nova $nova_version and gunicorn $gunicorn_version present in $venv"
+  log "${wanted[*]} present in $venv"
   exit 0
 fi
 if [ "$check_only" = 1 ]; then
@@ -64,13 +73,11 @@ if [ ! -x "$venv/bin/python" ]; then
   "$py" -m venv "$venv"
 fi
 
-log "installing keystone==$keystone_version nova==$nova_version gunicorn==$gunicorn_version (about a minute)"
+log "installing ${wanted[*]} (about two minutes)"
 pip_log="$(mktemp)"
 trap 'rm -f "$pip_log"' EXIT
 if ! "$venv/bin/pip" install -q --upgrade pip setuptools wheel >"$pip_log" 2>&1 ||
-  ! "$venv/bin/pip" install -q -c "$constraints" \
-    "keystone==$keystone_version" "nova==$nova_version" "gunicorn==$gunicorn_version" \
-    >>"$pip_log" 2>&1; then
+  ! "$venv/bin/pip" install -q -c "$constraints" "${wanted[@]}" >>"$pip_log" 2>&1; then
   tail -30 "$pip_log" >&2
   log "pip install failed"
   exit 1

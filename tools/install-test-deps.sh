@@ -2,11 +2,16 @@
 # install-test-deps.sh: install (with apt) everything building and testing kerbside
 # needs on Debian 12 (bookworm), then verify it.
 #
-#   build  : build-essential pkg-config default-libmysqlclient-dev libsqlite3-dev
+#   build  : build-essential pkg-config default-libmysqlclient-dev libsqlite3-dev libssl-dev
 #   tools  : shellcheck openssl mariadb-client
 #   SPICE  : qemu-system-x86_64 with SPICE + QXL (the real SPICE server),
 #            spice-client-gtk (spicy-screenshot), SpiceClientGLib for /usr/bin/python3
 #            (tests/peers/spice_probe.py), virt-viewer (remote-viewer), xvfb, x11-apps (xwd)
+#   guests : nasm (assembles the key-echo boot sector tests/guests/keyecho.asm)
+#   browser: chromium and chromium-driver (headless Chromium driven over WebDriver,
+#            tests/src/browser.rs), spice-html5 (the browser SPICE client kerbside serves)
+#   ryll   : the independent Rust SPICE client ryll (pinned, from PyPI) in its own venv
+#            ${KERBSIDE_RYLL_VENV:-/var/tmp/kerbside-ryll-venv} (tests/integration/ryll.rs)
 #
 # Idempotent: when everything is present it only verifies (well under a second) and
 # never runs `apt-get update`.
@@ -39,11 +44,17 @@ apt_install=("${apt_get[@]}" -y -qq --no-install-recommends install --no-remove)
 
 # Packages taken from the distribution as they are.
 base_pkgs=(
-  build-essential pkg-config default-libmysqlclient-dev libsqlite3-dev
+  build-essential pkg-config default-libmysqlclient-dev libsqlite3-dev libssl-dev
   shellcheck openssl mariadb-client
   spice-client-gtk gir1.2-spiceclientglib-2.0 python3-gi
   virt-viewer xvfb x11-apps xxd
+  nasm python3-venv
+  chromium chromium-driver spice-html5
 )
+
+# ryll, a SPICE client independent of spice-gtk, from PyPI (a prebuilt binary wheel).
+ryll_version=0.3.0
+ryll_venv="${KERBSIDE_RYLL_VENV:-/var/tmp/kerbside-ryll-venv}"
 
 pkg_installed() {
   [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ]
@@ -61,6 +72,18 @@ qemu_ready() {
 python_gi_ready() {
   /usr/bin/python3 -c 'import gi; gi.require_version("SpiceClientGLib", "2.0"); from gi.repository import SpiceClientGLib' \
     >/dev/null 2>&1
+}
+
+# True when the ryll venv holds the pinned ryll and its binary runs.
+ryll_ready() {
+  [ -x "$ryll_venv/bin/ryll" ] || return 1
+  [[ "$("$ryll_venv/bin/ryll" --version 2>/dev/null || true)" == "ryll $ryll_version "* ]]
+}
+
+install_ryll() {
+  echo "$prog: installing ryll $ryll_version into $ryll_venv"
+  [ -x "$ryll_venv/bin/pip" ] || /usr/bin/python3 -m venv "$ryll_venv"
+  "$ryll_venv/bin/pip" install -q --disable-pip-version-check "ryll==$ryll_version"
 }
 
 # The first Debian mirror URI the machine already uses (deb822 or one-line format).
@@ -125,6 +148,7 @@ if [ "$check_only" = 0 ]; then
     [ ${#missing[@]} -gt 0 ] || "${apt_get[@]}" -qq update
     install_qemu
   fi
+  ryll_ready || install_ryll
 fi
 
 # ---- verify -------------------------------------------------------------------
@@ -144,6 +168,7 @@ need_cmd cc build-essential
 need_cmd pkg-config pkg-config
 pkg-config --exists mysqlclient 2>/dev/null || fail "pkg-config cannot find mysqlclient (package default-libmysqlclient-dev)"
 pkg-config --exists sqlite3 2>/dev/null || fail "pkg-config cannot find sqlite3 (package libsqlite3-dev)"
+pkg-config --exists openssl 2>/dev/null || fail "pkg-config cannot find openssl (package libssl-dev)"
 need_cmd shellcheck shellcheck
 need_cmd openssl openssl
 need_cmd mariadb mariadb-client
@@ -157,6 +182,12 @@ need_cmd remote-viewer virt-viewer
 need_cmd Xvfb xvfb
 need_cmd xwd x11-apps
 need_cmd xxd xxd
+need_cmd nasm nasm
+need_cmd chromium chromium
+need_cmd chromedriver chromium-driver
+[ -f /usr/share/spice-html5/spice_auto.html ] ||
+  fail "/usr/share/spice-html5/spice_auto.html not found (package spice-html5)"
+ryll_ready || fail "ryll $ryll_version not found in $ryll_venv (installed from PyPI by this script)"
 python_gi_ready || fail "/usr/bin/python3 cannot load SpiceClientGLib 2.0 (packages gir1.2-spiceclientglib-2.0 python3-gi)"
 
 if [ "$failures" -gt 0 ]; then

@@ -3,15 +3,17 @@
 #
 # Installs QEMU and the SPICE clients if missing, builds kerbside, starts a small QEMU VM with
 # a SPICE ticket, and starts kerbside with the embedded SQLite database and self-signed TLS
-# material under the state directory. It then mints a console token, writes a .vv file and
-# prints the remote-viewer command. Ctrl-C stops everything.
+# material under the state directory, with the API and its web console on loopback in noauth
+# mode (a clearly marked local administrator, no password). It then mints a console token,
+# writes a .vv file and prints the remote-viewer command and the web console's URL. Ctrl-C
+# stops everything.
 #
 #   tools/run-demo.sh           run until Ctrl-C
 #   tools/run-demo.sh --check   bring it up, take a screenshot through the proxy, shut down
 #
 # Environment: KERBSIDE_DEMO_DIR (state directory, default .state/demo in the clone),
 # KERBSIDE_DEMO_TLS_PORT / KERBSIDE_DEMO_INSECURE_PORT (default 5900 / 5901, or free ports
-# when those are taken).
+# when those are taken), KERBSIDE_DEMO_API_PORT (default 13002, or a free port).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -57,6 +59,7 @@ mkdir -p "$state"
 chmod 700 "$state"
 tls_port="${KERBSIDE_DEMO_TLS_PORT:-$(pick_port 5900)}"
 insecure_port="${KERBSIDE_DEMO_INSECURE_PORT:-$(pick_port 5901)}"
+api_port="${KERBSIDE_DEMO_API_PORT:-$(pick_port 13002)}"
 metrics_port=$(pick_port 13003)
 qemu_port=$(free_port)
 
@@ -81,6 +84,15 @@ cat >"$state/kerbside.conf" <<CONF
 [DEFAULT]
 state_path = $state
 node_name = demo
+
+[api]
+bind_host = 127.0.0.1
+bind_port = $api_port
+# No Keystone in the demo: the API and the web console treat everyone as the local
+# administrator. Plain HTTP on loopback, so the console's cookie goes without Secure.
+auth_strategy = noauth
+insecure_cookies = true
+policy_file = $state/policy.yaml
 
 [proxy]
 bind_host = 127.0.0.1
@@ -113,10 +125,13 @@ pids+=($!)
 wait_port "$qemu_port" || { echo "QEMU did not start: see $state/qemu.log" >&2; exit 1; }
 
 echo "== starting kerbside (log: $state/kerbside.log)"
-"$bin/kerbside" --config-file "$state/kerbside.conf" --component proxy >"$state/kerbside.log" 2>&1 &
+"$bin/kerbside" --config-file "$state/kerbside.conf" --component proxy --component api \
+  >"$state/kerbside.log" 2>&1 &
 kerbside_pid=$!
 pids+=("$kerbside_pid")
-wait_port "$tls_port" || { echo "kerbside did not start:" >&2; tail -n 20 "$state/kerbside.log" >&2; exit 1; }
+for port in "$tls_port" "$api_port"; do
+  wait_port "$port" || { echo "kerbside did not start:" >&2; tail -n 20 "$state/kerbside.log" >&2; exit 1; }
+done
 
 token=$("$bin/kerbside-manage" --config-file "$state/kerbside.conf" token create \
   --source demo --console "$console_uuid" --vv "$state/demo.vv")
@@ -124,6 +139,9 @@ token=$("$bin/kerbside-manage" --config-file "$state/kerbside.conf" token create
 cat <<EOT
 
 kerbside is running with a demo console.
+  web console  http://127.0.0.1:$api_port/ui/
+               sign in: press "Continue as the local administrator" (no password: the demo
+               runs with [api] auth_strategy = noauth, and every page says so)
   proxy        TLS 127.0.0.1:$tls_port, plain 127.0.0.1:$insecure_port (answers NEED_SECURED)
   metrics      http://127.0.0.1:$metrics_port/metrics
   state        $state (SQLite database, TLS material, logs)
@@ -144,9 +162,23 @@ if [ "$check" = 1 ]; then
     echo "demo check failed: spicy-screenshot could not reach the VM through kerbside" >&2
     cat "$state/check.log" >&2; tail -n 30 "$state/kerbside.log" >&2; exit 1; }
   [ -s "$state/check.ppm" ] || { echo "demo check failed: no screenshot" >&2; exit 1; }
+  echo "== check: the web console's local administrator sign-in"
+  jar="$state/check-cookies.txt"
+  ui="http://127.0.0.1:$api_port/ui"
+  login=$(curl -fsS -c "$jar" -b "$jar" "$ui/login") || {
+    echo "demo check failed: no web console at $ui/login" >&2; exit 1; }
+  grep -q "Continue as the local administrator" <<<"$login" || {
+    echo "demo check failed: the sign-in page does not offer the local administrator" >&2; exit 1; }
+  csrf=$(sed -n 's/.*name="csrf" value="\([0-9A-Za-z]*\)".*/\1/p' <<<"$login" | head -n 1)
+  sessions=$(curl -fsS -c "$jar" -b "$jar" -L --data-urlencode "csrf=$csrf" "$ui/login") || {
+    echo "demo check failed: the local administrator sign-in was refused" >&2; exit 1; }
+  if ! grep -q "Local administrator (no authentication)" <<<"$sessions" ||
+    ! grep -q "No live sessions" <<<"$sessions"; then
+    echo "demo check failed: signed in, but the sessions page is not shown" >&2; exit 1
+  fi
   kill -TERM "$kerbside_pid"
   wait "$kerbside_pid" || { echo "demo check failed: kerbside did not stop cleanly" >&2; exit 1; }
-  echo "demo check passed: screenshot $(head -c 20 "$state/check.ppm" | sed -n 2p) through the proxy, clean shutdown"
+  echo "demo check passed: screenshot $(head -c 20 "$state/check.ppm" | sed -n 2p) through the proxy, web console sign-in, clean shutdown"
   exit 0
 fi
 
