@@ -350,6 +350,8 @@ pub fn serve(
     })
     .workers(1)
     .disable_signals()
+    // A scrape takes milliseconds: a stop need not wait actix's default 30 s for one.
+    .shutdown_timeout(5)
     .bind(addr)?;
     let addrs = server.addrs();
     Ok((server.run(), addrs))

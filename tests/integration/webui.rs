@@ -850,12 +850,10 @@ async fn member_sees_only_their_servers_and_opens_a_console() -> Result<()> {
         .wait_for_text("#kerbside-status", "Connected", PAGE)
         .await
         .with_context(|| {
-            // Seen once: the proxy found nothing listening on the fake console's port.
-            let alive = vm
-                .pid()
-                .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            // Seen before: the proxy found nothing listening on the fake console's port.
             format!(
-                "the browser console did not connect; QEMU alive: {alive}; qemu log:\n{}",
+                "the browser console did not connect; {}; qemu log:\n{}",
+                vm.health(),
                 vm.log()
             )
         })?;

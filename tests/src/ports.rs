@@ -45,3 +45,98 @@ pub fn free_port() -> Result<u16> {
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
     (0..n).map(|_| free_port()).collect()
 }
+
+/// The inodes of the TCP sockets listening on `port` on any address (`/proc/net/tcp` and
+/// `tcp6`, this network namespace).
+pub fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if *state == "0A"
+                && local_port == Some(port)
+                && let Ok(inode) = inode.parse()
+            {
+                inodes.push(inode);
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether process `pid` holds the socket with `inode` among its file descriptors.
+pub fn process_holds_socket(pid: u32, inode: u64) -> bool {
+    let wanted = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str())
+        })
+    })
+}
+
+/// Who listens on `port`, in words, for diagnostics: `nobody`, or each listening socket's
+/// owner (process id and command name), found by scanning `/proc`.
+pub fn who_listens(port: u16) -> String {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return "nobody".to_owned();
+    }
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    inodes
+        .iter()
+        .map(|inode| {
+            let owners: Vec<String> = pids
+                .iter()
+                .filter(|pid| process_holds_socket(**pid, *inode))
+                .map(|pid| {
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    format!("pid {pid} ({})", comm.trim())
+                })
+                .collect();
+            if owners.is_empty() {
+                format!("socket {inode} (owner not found)")
+            } else {
+                owners.join(", ")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_of_this_process_is_found_and_gone_once_closed() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let inodes = listening_inodes(port);
+        assert_eq!(inodes.len(), 1, "{inodes:?}");
+        assert!(process_holds_socket(std::process::id(), inodes[0]));
+        assert!(who_listens(port).contains(&format!("pid {}", std::process::id())));
+        drop(listener);
+        assert!(listening_inodes(port).is_empty());
+        assert_eq!(who_listens(port), "nobody");
+    }
+}

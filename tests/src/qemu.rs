@@ -27,7 +27,7 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::clients::ppm_pixels;
 use crate::pki::{IssuedCert, TestPki};
-use crate::ports::free_port;
+use crate::ports::{free_port, listening_inodes, process_holds_socket, who_listens};
 use crate::proc_util::{read_log, tail};
 
 /// How long QEMU may take to listen before [`SpiceServerBuilder::start`] gives up.
@@ -263,6 +263,14 @@ impl SpiceServerBuilder {
             (Some(_), None) => Some(free_port()?),
             (None, _) => None,
         };
+        if let Some((plain, tls)) = self.fixed_ports {
+            // A QEMU that held these ports before (killed on drop, not yet gone) would answer
+            // the readiness probe in place of the new one, which then fails to bind them.
+            let ports: Vec<u16> = port.into_iter().chain(tls_port).collect();
+            wait_until_unbound(&ports)
+                .await
+                .with_context(|| format!("fixed SPICE ports {plain}/{tls}"))?;
+        }
         let qmp_path = dir.path().join("qmp.sock");
         let log_path = dir.path().join("qemu.log");
         if self.key_echo {
@@ -546,6 +554,43 @@ impl SpiceServer {
         &self.args
     }
 
+    /// Whether this QEMU itself holds a listening socket on each of `ports`.
+    fn holds_listeners(&self, ports: &[u16]) -> bool {
+        let Some(pid) = self.child.id() else {
+            return false;
+        };
+        ports.iter().all(|port| {
+            listening_inodes(*port)
+                .into_iter()
+                .any(|inode| process_holds_socket(pid, inode))
+        })
+    }
+
+    /// The process's state and who listens on its SPICE ports, in words, for a failure
+    /// message (a killed QEMU that nobody reaped yet is a zombie with no sockets).
+    pub fn health(&self) -> String {
+        let process = match self.child.id() {
+            None => "QEMU has exited and was reaped".to_owned(),
+            Some(pid) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => format!("QEMU pid {pid} is gone"),
+                // pid (comm) state ...: the state follows the last ')'.
+                Ok(stat) => format!(
+                    "QEMU pid {pid} in state {}",
+                    stat.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .unwrap_or("?")
+                ),
+            },
+        };
+        let ports: Vec<String> = self
+            .port
+            .iter()
+            .chain(self.tls_port.iter())
+            .map(|port| format!("port {port}: {}", who_listens(*port)))
+            .collect();
+        format!("{process}; {}", ports.join("; "))
+    }
+
     /// Everything QEMU printed so far.
     pub fn log(&self) -> String {
         read_log(&self.log_path)
@@ -598,7 +643,8 @@ impl SpiceServer {
                 );
             }
             let last = match self.probe_ready(&ports).await {
-                Ok(()) => return Ok(()),
+                Ok(()) if self.holds_listeners(&ports) => return Ok(()),
+                Ok(()) => "another process answers on the SPICE ports".to_owned(),
                 Err(e) => format!("{e:#}"),
             };
             if Instant::now() >= deadline {
@@ -741,6 +787,25 @@ impl SpiceServer {
     /// Killing or reaping failed.
     pub async fn stop(mut self) -> Result<()> {
         self.child.kill().await.context("killing QEMU")
+    }
+}
+
+/// Waits (up to 30 s) until nothing listens on `ports`.
+async fn wait_until_unbound(ports: &[u16]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let taken: Vec<String> = ports
+            .iter()
+            .filter(|port| !listening_inodes(**port).is_empty())
+            .map(|port| format!("port {port}: {}", who_listens(*port)))
+            .collect();
+        if taken.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("still listened on after 30 s: {}", taken.join("; "));
+        }
+        sleep(Duration::from_millis(50)).await;
     }
 }
 
