@@ -196,7 +196,8 @@ impl Report {
              second such process with `[firewall] mode = off`, which copies display, inputs \
              and cursor opaquely (the relay the firewall's cost is measured against). Link \
              figures come from {} sessions per configuration opened one after another \
-             (interleaved), {} pings, {} throughput runs of {} MiB per display channel, {} \
+             (interleaved, each round starting with the next configuration), {} pings, {} throughput runs of {} MiB per display channel (also \
+             interleaved: each configuration once per round), {} \
              sessions of 4 channels held for {} cycles ({} being opened at once; not for \
              kerbside with the firewall off).\n",
             self.args.reps,
