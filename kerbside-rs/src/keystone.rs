@@ -604,19 +604,7 @@ async fn authenticate(
             what: format!("HTTP {}", status.as_u16()),
         });
     }
-    let token = resp
-        .headers()
-        .get("x-subject-token")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| SecretString::from(s.to_owned()))
-        .ok_or_else(|| KeystoneError::Unexpected {
-            url: url.clone(),
-            what: "no X-Subject-Token header".to_owned(),
-        })?;
-    let body: TokenBody = resp.json().await.map_err(|e| KeystoneError::Unexpected {
-        url: url.clone(),
-        what: format!("invalid token body: {e}"),
-    })?;
+    let (token, body) = issued_token(resp, &url).await?;
     tracing::info!(
         user = %creds.username,
         expires_at = %body.token.expires_at,
@@ -627,6 +615,28 @@ async fn authenticate(
         expires_at: body.token.expires_at,
         catalog: Arc::new(body.token.catalog),
     })
+}
+
+/// The token Keystone issued in a successful `POST /v3/auth/tokens` answer: its
+/// `X-Subject-Token` header and the token body.
+async fn issued_token(
+    resp: reqwest::Response,
+    url: &str,
+) -> Result<(SecretString, TokenBody), KeystoneError> {
+    let token = resp
+        .headers()
+        .get("x-subject-token")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| SecretString::from(s.to_owned()))
+        .ok_or_else(|| KeystoneError::Unexpected {
+            url: url.to_owned(),
+            what: "no X-Subject-Token header".to_owned(),
+        })?;
+    let body: TokenBody = resp.json().await.map_err(|e| KeystoneError::Unexpected {
+        url: url.to_owned(),
+        what: format!("invalid token body: {e}"),
+    })?;
+    Ok((token, body))
 }
 
 fn unreachable(url: &str, e: &reqwest::Error) -> KeystoneError {
@@ -916,19 +926,7 @@ impl UserAuth {
                 .into());
             }
         }
-        let token = resp
-            .headers()
-            .get("x-subject-token")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| SecretString::from(s.to_owned()))
-            .ok_or_else(|| KeystoneError::Unexpected {
-                url: url.clone(),
-                what: "no X-Subject-Token header".to_owned(),
-            })?;
-        let body: TokenBody = resp.json().await.map_err(|e| KeystoneError::Unexpected {
-            url: url.clone(),
-            what: format!("invalid token body: {e}"),
-        })?;
+        let (token, body) = issued_token(resp, &url).await?;
         Ok((token, TokenInfo::from(body.token)))
     }
 

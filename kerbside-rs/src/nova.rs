@@ -564,16 +564,24 @@ impl NovaClient {
         })?;
         match status {
             200 => remote_console_token(&body).map(|t| t.to_owned()),
-            406 => Err(NovaError::TooOld),
-            s if s >= 500 => Err(NovaError::ServerError {
-                status: s,
-                message: fault_message(&body),
-            }),
-            s => Err(NovaError::Refused {
-                status: s,
-                message: fault_message(&body),
-            }),
+            s => Err(user_call_failure(s, &body)),
         }
+    }
+}
+
+/// What a call made as the user gets for a status other than success: Nova too old for
+/// microversion 2.99, Nova failing, or Nova refusing the user (its words passed on).
+fn user_call_failure(status: u16, body: &str) -> NovaError {
+    match status {
+        406 => NovaError::TooOld,
+        s if s >= 500 => NovaError::ServerError {
+            status: s,
+            message: fault_message(body),
+        },
+        s => NovaError::Refused {
+            status: s,
+            message: fault_message(body),
+        },
     }
 }
 
@@ -636,15 +644,7 @@ impl NovaClient {
                     .sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
                 Ok(list.servers)
             }
-            406 => Err(NovaError::TooOld),
-            s if s >= 500 => Err(NovaError::ServerError {
-                status: s,
-                message: fault_message(&body),
-            }),
-            s => Err(NovaError::Refused {
-                status: s,
-                message: fault_message(&body),
-            }),
+            s => Err(user_call_failure(s, &body)),
         }
     }
 }
