@@ -250,27 +250,7 @@ async fn remote_viewer_opens_a_vv_from_kerbside_manage() -> Result<()> {
     let server = SpiceServer::with_password("rv").await?;
     let console = TestConsole::for_server(&server);
     let app = TestApp::for_console(&console).await?;
-    let vv = app.dir().join("console.vv");
-    let output = tokio::process::Command::new(program("kerbside-manage")?)
-        .args(app.config_args())
-        .args([
-            "token",
-            "create",
-            "--source",
-            "test",
-            "--console",
-            &console.uuid,
-            "--vv",
-        ])
-        .arg(&vv)
-        .output()
-        .await?;
-    assert!(
-        output.status.success(),
-        "token create failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let token = String::from_utf8(output.stdout)?.trim().to_owned();
+    let (vv, token) = app.manage_vv(&console.uuid, "console.vv").await?;
     assert!(
         token.len() >= 40 && token.len() <= 60 && token.chars().all(|c| c.is_ascii_alphanumeric()),
         "token {token:?}"

@@ -8,11 +8,11 @@
 //! opens through kerbside with what it opens directly.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kerbside_tests::app::{TestApp, TestConsole, program};
+use kerbside_tests::app::{TestApp, TestConsole};
 use kerbside_tests::guests::KEY_ECHO_BANNER;
 use kerbside_tests::qemu::SpiceServer;
 use kerbside_tests::require::require_all;
@@ -23,32 +23,6 @@ use tokio::time::{Instant, sleep};
 
 /// Generous: QEMU runs under TCG on a machine that builds and tests in parallel.
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// A `.vv` for `console` written by `kerbside-manage token create --vv`, as an operator
-/// would hand it to a user.
-async fn kerbside_vv(app: &TestApp, console: &TestConsole, name: &str) -> Result<PathBuf> {
-    let vv = app.dir().join(name);
-    let output = tokio::process::Command::new(program("kerbside-manage")?)
-        .args(app.config_args())
-        .args([
-            "token",
-            "create",
-            "--source",
-            "test",
-            "--console",
-            &console.uuid,
-            "--vv",
-        ])
-        .arg(&vv)
-        .output()
-        .await?;
-    assert!(
-        output.status.success(),
-        "token create failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(vv)
-}
 
 /// Polls the guest's text screen until `wanted` holds or [`SETTLE`] passes; returns the
 /// last screen read.
@@ -183,7 +157,7 @@ async fn ryll_through_kerbside_shows_the_same_screen_as_a_direct_client() -> Res
     let out = tempfile::tempdir()?;
     let direct = stable_direct_screenshot(&server, "ryll-screen", out.path()).await?;
 
-    let vv = kerbside_vv(&app, &console, "ryll.vv").await?;
+    let vv = app.manage_vv(&console.uuid, "ryll.vv").await?.0;
     let mut ryll = Ryll::start(&vv).await?;
     ryll.wait_for_display(SETTLE).await?;
     let through = ryll_screenshot_like(&mut ryll, &direct).await?;
@@ -243,7 +217,7 @@ async fn ryll_opens_the_same_channels_through_kerbside_as_directly() -> Result<(
     expected(&direct);
 
     // Then through kerbside, with the .vv kerbside writes.
-    let vv = kerbside_vv(&app, &console, "ryll.vv").await?;
+    let vv = app.manage_vv(&console.uuid, "ryll.vv").await?.0;
     let ryll = Ryll::start(&vv).await?;
     let through = ryll.wait_for_channels(SETTLE).await?;
     expected(&through);
@@ -279,7 +253,7 @@ async fn a_key_sent_by_ryll_through_kerbside_reaches_the_guest() -> Result<()> {
         .await?;
     let console = TestConsole::for_server(&server);
     let app = TestApp::for_console(&console).await?;
-    let vv = kerbside_vv(&app, &console, "ryll.vv").await?;
+    let vv = app.manage_vv(&console.uuid, "ryll.vv").await?.0;
     let mut ryll = Ryll::start(&vv).await?;
     ryll.wait_for_display(SETTLE).await?;
     let before = stable_ryll_screenshot(&mut ryll).await?;
@@ -340,7 +314,7 @@ async fn view_only_keeps_typed_keys_from_the_guest_while_the_screen_updates() ->
         ))
         .start()
         .await?;
-    let vv = kerbside_vv(&app, &console, "ryll-view-only.vv").await?;
+    let vv = app.manage_vv(&console.uuid, "ryll-view-only.vv").await?.0;
     let mut ryll = Ryll::start(&vv).await?;
     ryll.wait_for_display(SETTLE).await?;
 

@@ -101,18 +101,11 @@ os.environ['OS_NOVA_CONFIG_FILES'] = 'api-paste.ini;nova.conf'
 from nova.wsgi.osapi_compute import application  # noqa
 PY
 
-km=("$venv/bin/keystone-manage" --config-file "$base/keystone.conf")
+# shellcheck source=tests/openstack/keystone-setup.sh
+source "$(dirname "$0")/keystone-setup.sh"
 nm=("$venv/bin/nova-manage" --config-file "$base/nova-etc/nova.conf")
 setup_keystone() {
-  "${km[@]}" db_sync
-  "${km[@]}" fernet_setup --keystone-user "$(id -un)" --keystone-group "$(id -gn)"
-  "${km[@]}" credential_setup --keystone-user "$(id -un)" --keystone-group "$(id -gn)"
-  "${km[@]}" bootstrap --bootstrap-password adminpass \
-    --bootstrap-username admin --bootstrap-project-name admin \
-    --bootstrap-role-name admin --bootstrap-service-name keystone \
-    --bootstrap-region-id RegionOne \
-    --bootstrap-admin-url "$ks_url" --bootstrap-public-url "$ks_url" \
-    --bootstrap-internal-url "$ks_url"
+  keystone_setup "$venv" "$base/keystone.conf" "$ks_url"
 }
 setup_nova() {
   "${nm[@]}" api_db sync

@@ -340,6 +340,37 @@ impl TestApp {
         self.dir.path()
     }
 
+    /// Writes a `.vv` for console `uuid` of the test source with `kerbside-manage token create
+    /// --vv`, as an operator hands one to a user; returns its path (`name` in the app's
+    /// directory) and the token the command printed.
+    ///
+    /// # Errors
+    /// The program is not built, or the command fails (with its standard error).
+    pub async fn manage_vv(&self, uuid: &str, name: &str) -> Result<(PathBuf, String)> {
+        let vv = self.dir().join(name);
+        let output = tokio::process::Command::new(program("kerbside-manage")?)
+            .args(self.config_args())
+            .args([
+                "token",
+                "create",
+                "--source",
+                "test",
+                "--console",
+                uuid,
+                "--vv",
+            ])
+            .arg(&vv)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            output.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let token = String::from_utf8(output.stdout)?.trim().to_owned();
+        Ok((vv, token))
+    }
+
     /// Mints a token for a console of the test source.
     ///
     /// # Errors

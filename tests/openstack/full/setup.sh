@@ -267,18 +267,11 @@ for schema in nova_api nova nova_cell0 placement glance neutron; do
   echo "CREATE DATABASE \`${DB_PREFIX}${schema}\` CHARACTER SET utf8mb4;"
 done | "${mysql_cmd[@]}"
 
-km=("$venv/bin/keystone-manage" --config-file "$base/keystone.conf")
+# shellcheck source=tests/openstack/keystone-setup.sh
+source "$(dirname "$0")/../keystone-setup.sh"
 nm=("$venv/bin/nova-manage" --config-file "$base/etc/nova/nova.conf")
 setup_keystone() {
-  "${km[@]}" db_sync
-  "${km[@]}" fernet_setup --keystone-user "$(id -un)" --keystone-group "$(id -gn)"
-  "${km[@]}" credential_setup --keystone-user "$(id -un)" --keystone-group "$(id -gn)"
-  "${km[@]}" bootstrap --bootstrap-password adminpass \
-    --bootstrap-username admin --bootstrap-project-name admin \
-    --bootstrap-role-name admin --bootstrap-service-name keystone \
-    --bootstrap-region-id RegionOne \
-    --bootstrap-admin-url "$ks/v3" --bootstrap-public-url "$ks/v3" \
-    --bootstrap-internal-url "$ks/v3"
+  keystone_setup "$venv" "$base/keystone.conf" "$ks/v3"
 }
 setup_nova() {
   "${nm[@]}" api_db sync
