@@ -776,7 +776,7 @@ async fn member_sees_only_their_servers_and_opens_a_console() -> Result<()> {
     let _ports = console_ports().await?;
     let dir = tempfile::tempdir()?;
     let pki = TestPki::new(&dir.path().join("hypervisor-pki"))?;
-    let vm = fake_console_vm(&pki).await?;
+    let mut vm = fake_console_vm(&pki).await?;
     let pool = format!("kerbside-{suffix}");
     let app = TestApp::builder()
         .components(&[Component::Proxy, Component::Api])
@@ -841,6 +841,12 @@ async fn member_sees_only_their_servers_and_opens_a_console() -> Result<()> {
         "no session linked through the proxy: {sessions:?}"
     );
 
+    // spice-server 0.15.1 may crash when the viewer above is killed (see
+    // `SpiceServer::ended`); the hypervisor is not what this test is about.
+    if let Some(how) = vm.ended() {
+        eprintln!("{how} after remote-viewer was killed; starting the fake console again");
+        vm = fake_console_vm(&pki).await?;
+    }
     // Open in browser: the same broker call, and kerbside's spice-html5 page shows it.
     browser.goto(&format!("{base}/ui/servers")).await?;
     browser

@@ -566,6 +566,22 @@ impl SpiceServer {
         })
     }
 
+    /// How QEMU ended, once it has: `None` while it runs. spice-server 0.15.1 (Debian 12)
+    /// sometimes dies of a segfault in its display worker when a client is killed mid-session
+    /// (`dmesg`: "SPICE Worker ... segfault ... in libspice-server"); tests that go on with
+    /// the same VM after killing a client check this.
+    pub fn ended(&mut self) -> Option<String> {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.child.try_wait().ok().flatten()?;
+        Some(match status.signal() {
+            Some(11) => {
+                "QEMU died of a segfault (SIGSEGV; spice-server's display worker)".to_owned()
+            }
+            Some(signal) => format!("QEMU was killed by signal {signal}"),
+            None => format!("QEMU exited ({status})"),
+        })
+    }
+
     /// The process's state and who listens on its SPICE ports, in words, for a failure
     /// message (a killed QEMU that nobody reaped yet is a zombie with no sockets).
     pub fn health(&self) -> String {
@@ -574,12 +590,24 @@ impl SpiceServer {
             Some(pid) => match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
                 Err(_) => format!("QEMU pid {pid} is gone"),
                 // pid (comm) state ...: the state follows the last ')'.
-                Ok(stat) => format!(
-                    "QEMU pid {pid} in state {}",
-                    stat.rsplit_once(')')
-                        .and_then(|(_, rest)| rest.split_whitespace().next())
-                        .unwrap_or("?")
-                ),
+                Ok(stat) => {
+                    // Fields after the command name: state is field 3, exit_code field 52
+                    // (a zombie's wait status: a signal in the low 7 bits, else code << 8).
+                    let rest: Vec<&str> = stat
+                        .rsplit_once(')')
+                        .map(|(_, rest)| rest.split_whitespace().collect())
+                        .unwrap_or_default();
+                    let state = rest.first().copied().unwrap_or("?");
+                    match rest.get(49).and_then(|c| c.parse::<i32>().ok()) {
+                        Some(status) if state == "Z" && status & 0x7f != 0 => {
+                            format!("QEMU pid {pid} exited, killed by signal {}", status & 0x7f)
+                        }
+                        Some(status) if state == "Z" => {
+                            format!("QEMU pid {pid} exited with status {}", status >> 8)
+                        }
+                        _ => format!("QEMU pid {pid} in state {state}"),
+                    }
+                }
             },
         };
         let ports: Vec<String> = self
